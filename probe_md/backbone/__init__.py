@@ -1,0 +1,12 @@
+"""Backbones: frozen MLIPs that give energy, forces and per-atom invariant features."""
+
+from probe_md.backbone.base import Backbone, StructurePrediction
+
+__all__ = ["Backbone", "StructurePrediction", "load_backbone"]
+
+
+def load_backbone(path, **kwargs) -> Backbone:
+    """Load a backbone from a model file (only MACE for now)."""
+    from probe_md.backbone.mace import MaceBackbone
+
+    return MaceBackbone.from_file(path, **kwargs)

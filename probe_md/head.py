@@ -1,0 +1,162 @@
+"""The PROBE head: per-atom MLP -> multi-head attention pooling -> MLP -> one logit.
+
+The pooling is written as partial sums (per-head max, sum of exp, sum of exp * value) so
+that any partition of a structure's atoms (batches here, MPI ranks in LAMMPS) can be
+pooled separately and merged exactly: that is what makes the score rank-count invariant.
+A positive logit means "the MLIP prediction is reliable".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of the head; saved with its weights."""
+
+    feature_dim: int
+    hidden_dim: int = 64
+    num_heads: int = 4
+    value_dim: int = 16
+    readout_hidden_dim: int = 32
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PartialPool(NamedTuple):
+    """Attention pooling state of a subset of atoms, per structure and head.
+
+    max_score: [G, H] running max of attention logits (-inf where a structure has no atoms)
+    sum_exp: [G, H] sum of exp(score - max_score)
+    weighted_values: [G, H, D] sum of exp(score - max_score) * value
+    """
+
+    max_score: torch.Tensor
+    sum_exp: torch.Tensor
+    weighted_values: torch.Tensor
+
+
+def partial_pool(
+    scores: torch.Tensor, values: torch.Tensor, batch: torch.Tensor, num_graphs: int
+) -> PartialPool:
+    """Partial sums of softmax pooling for the atoms given (scores [N,H], values [N,H,D])."""
+    num_heads = scores.shape[1]
+    index = batch.unsqueeze(1).expand(-1, num_heads)
+    max_score = torch.full(
+        (num_graphs, num_heads), float("-inf"), dtype=scores.dtype, device=scores.device
+    )
+    max_score = max_score.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
+    # Subtracting the per-structure max keeps exp() finite for any logit scale.
+    weights = torch.exp(scores - max_score[batch])
+    sum_exp = torch.zeros_like(max_score).index_add(0, batch, weights)
+    weighted_values = torch.zeros(
+        (num_graphs, num_heads, values.shape[2]), dtype=values.dtype, device=values.device
+    ).index_add(0, batch, weights.unsqueeze(-1) * values)
+    return PartialPool(max_score, sum_exp, weighted_values)
+
+
+def merge_partial_pools(a: PartialPool, b: PartialPool) -> PartialPool:
+    """Exact merge of two partial pools (the MPI version is max- then sum-allreduce)."""
+    new_max = torch.maximum(a.max_score, b.max_score)
+    # A structure with no atoms in one part has max=-inf there: its scale must be 0, not nan.
+    scale_a = torch.where(
+        torch.isinf(a.max_score), torch.zeros_like(new_max), torch.exp(a.max_score - new_max)
+    )
+    scale_b = torch.where(
+        torch.isinf(b.max_score), torch.zeros_like(new_max), torch.exp(b.max_score - new_max)
+    )
+    return PartialPool(
+        new_max,
+        a.sum_exp * scale_a + b.sum_exp * scale_b,
+        a.weighted_values * scale_a.unsqueeze(-1) + b.weighted_values * scale_b.unsqueeze(-1),
+    )
+
+
+def finish_pool(pool: PartialPool) -> torch.Tensor:
+    """Pooled vectors [G, H*D] from complete partial sums."""
+    pooled = pool.weighted_values / pool.sum_exp.unsqueeze(-1)
+    return pooled.reshape(pooled.shape[0], -1)
+
+
+class HeadOutput(NamedTuple):
+    logits: torch.Tensor  # [G] calibrated (divided by the temperature)
+    attention: torch.Tensor  # [N, H] softmax weights over each structure's atoms
+
+
+class ProbeHead(nn.Module):
+    """Reliability classifier over frozen per-atom features."""
+
+    __jit_ignored_attributes__ = ["config"]
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        # Plain ints so the module scripts (TorchScript cannot hold the dataclass).
+        self.num_heads: int = config.num_heads
+        self.value_dim: int = config.value_dim
+        dim = config.feature_dim
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
+        self.register_buffer("temperature", torch.ones(()))
+        self.atom_mlp = nn.Sequential(
+            nn.Linear(dim, config.hidden_dim),
+            nn.SiLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden_dim, config.hidden_dim),
+            nn.SiLU(),
+        )
+        self.attention_score = nn.Linear(config.hidden_dim, config.num_heads)
+        self.attention_value = nn.Linear(config.hidden_dim, config.num_heads * config.value_dim)
+        self.readout = nn.Sequential(
+            nn.Linear(config.num_heads * config.value_dim, config.readout_hidden_dim),
+            nn.SiLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.readout_hidden_dim, 1),
+        )
+
+    def set_feature_scaling(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs with statistics of the training features."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(torch.clamp(std, min=1e-6))
+
+    def atom_terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom attention logits [N, H] and values [N, H, D]."""
+        hidden = self.atom_mlp((features - self.feature_mean) / self.feature_std)
+        scores = self.attention_score(hidden)
+        values = self.attention_value(hidden).reshape(
+            features.shape[0], self.num_heads, self.value_dim
+        )
+        return scores, values
+
+    def readout_logit(self, pooled: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """Logit [G] from pooled vectors [G, H*D]."""
+        logit = self.readout(pooled).squeeze(-1)
+        return logit / self.temperature if calibrated else logit
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+        calibrated: bool = True,
+    ) -> HeadOutput:
+        scores, values = self.atom_terms(features)
+        pool = partial_pool(scores, values, batch, num_graphs)
+        logits = self.readout_logit(finish_pool(pool), calibrated=calibrated)
+        attention = torch.exp(scores - pool.max_score[batch]) / pool.sum_exp[batch]
+        return HeadOutput(logits, attention)
+
+
+def atom_importance(attention: torch.Tensor) -> torch.Tensor:
+    """Per-atom importance [N]: head-averaged attention times the atom count (1 = average atom).
+
+    Expects the attention of a single structure.
+    """
+    return attention.mean(dim=1) * attention.shape[0]
