@@ -104,7 +104,10 @@ class ProbeHead(nn.Module):
         dim = config.feature_dim
         self.register_buffer("feature_mean", torch.zeros(dim))
         self.register_buffer("feature_std", torch.ones(dim))
+        # Calibration: calibrated logit = (raw logit + logit_bias) / temperature. The bias undoes
+        # the prior shift of the class-balanced loss; the temperature fixes over-confidence.
         self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("logit_bias", torch.zeros(()))
         self.atom_mlp = nn.Sequential(
             nn.Linear(dim, config.hidden_dim),
             nn.SiLU(),
@@ -138,7 +141,9 @@ class ProbeHead(nn.Module):
     def readout_logit(self, pooled: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
         """Logit [G] from pooled vectors [G, H*D]."""
         logit = self.readout(pooled).squeeze(-1)
-        return logit / self.temperature if calibrated else logit
+        if calibrated:
+            return (logit + self.logit_bias) / self.temperature
+        return logit
 
     def forward(
         self,

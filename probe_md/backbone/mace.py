@@ -231,17 +231,26 @@ class MaceBackbone:
             torch.set_default_dtype(previous_dtype)
         return graphs
 
-    def forward_batch(self, structures: Sequence[ase.Atoms]) -> dict[str, torch.Tensor]:
-        """One MACE forward pass over a batch: energy [G], forces [N,3], features [N,F], batch [N]."""
+    def forward_batch(
+        self, structures: Sequence[ase.Atoms], compute_stress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """One MACE forward pass: energy [G], node_energy [N], forces [N,3], features [N,F], batch [N]
+        (and stress [G,3,3] in eV/Å³ when asked)."""
         graphs = self._graphs(structures)
         batch = torch_geometric.Batch.from_data_list(graphs).to(self.device)
-        output = self.model(batch.to_dict(), training=False, compute_force=True)
-        return {
+        output = self.model(
+            batch.to_dict(), training=False, compute_force=True, compute_stress=compute_stress
+        )
+        result = {
             "energy": output["energy"].detach(),
+            "node_energy": output["node_energy"].detach(),
             "forces": output["forces"].detach(),
             "features": output["node_feats"].detach().index_select(1, self._columns),
             "batch": batch["batch"],
         }
+        if compute_stress:
+            result["stress"] = output["stress"].detach()
+        return result
 
     def predict(self, structures: Sequence[ase.Atoms]) -> list[StructurePrediction]:
         self.check_species(structures)

@@ -1,0 +1,156 @@
+"""`probe-md evaluate`: PROBE vs ensemble disagreement vs feature density on one data set."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from probe_md import metrics, plots
+from probe_md.backbone import load_backbone
+from probe_md.baselines import FeatureDensity, ensemble_disagreement
+from probe_md.features import predict_dataset
+from probe_md.labels import class_balance, label_reliable, structure_errors
+from probe_md.structures import ReferenceKeys, read_structures
+from probe_md.training import ProbeClassifier, load_head
+
+
+@dataclass
+class EvaluateRequest:
+    model_path: Path
+    head_path: Path
+    data_path: Path
+    ensemble_paths: Sequence[Path] = field(default_factory=list)  # members besides the model
+    keys: ReferenceKeys = ReferenceKeys()
+    criterion: str | None = None  # default: the head's
+    threshold: float | None = None  # default: the head's
+    cache_dir: Path | None = None
+    plots_dir: Path | None = None
+    calibration_bins: int = 15
+
+
+def evaluate(request: EvaluateRequest) -> dict:
+    """Score every structure and compare PROBE with the baselines; returns the JSON report."""
+    head, info = load_head(request.head_path)
+    backbone = load_backbone(request.model_path)
+    if info.backbone_fingerprint and info.backbone_fingerprint != backbone.fingerprint:
+        raise ValueError(
+            f"head {request.head_path} was trained on another backbone than {request.model_path} "
+            f"(sha256 {info.backbone_fingerprint[:12]}… vs {backbone.fingerprint[:12]}…)"
+        )
+    if head.config.feature_dim != backbone.feature_dim:
+        raise ValueError(
+            f"head expects {head.config.feature_dim} features, backbone gives {backbone.feature_dim}"
+        )
+    criterion = request.criterion or info.criterion
+    threshold = request.threshold if request.threshold is not None else info.threshold
+    structures = read_structures(request.data_path, request.keys)
+    predictions = predict_dataset(backbone, structures, request.cache_dir, "model")
+    errors = structure_errors(predictions, structures, criterion, request.keys)
+    is_reliable = label_reliable(errors, threshold)
+    features = [p.features for p in predictions]
+    p_reliable = ProbeClassifier.from_head(head).predict_proba(features)
+
+    scores: dict[str, np.ndarray] = {"PROBE (1 - p)": 1.0 - p_reliable}
+    if request.ensemble_paths:
+        members = [predictions] + [
+            predict_dataset(load_backbone(path), structures, request.cache_dir, f"member {k + 2}")
+            for k, path in enumerate(request.ensemble_paths)
+        ]
+        k = len(members)
+        for name, values in ensemble_disagreement(members).items():
+            scores[f"ensemble K={k}: {name}"] = values
+    if info.density is not None:
+        density = FeatureDensity.from_state_dict(info.density)
+        scores["feature density (Mahalanobis)"] = density.score(features)
+
+    rows = [metrics.summarize_scores(name, s, is_reliable, errors) for name, s in scores.items()]
+    diagram = metrics.reliability_diagram(p_reliable, is_reliable, request.calibration_bins)
+    binned = metrics.binned_error_by_probability(p_reliable, errors)
+    balance = class_balance(is_reliable)
+    report = {
+        "data": str(request.data_path),
+        "model": str(request.model_path),
+        "head": str(request.head_path),
+        "n_structures": len(structures),
+        "criterion": criterion,
+        "threshold": threshold,
+        "reliable": balance.reliable,
+        "unreliable": balance.unreliable,
+        "mlip_error": {"mean": float(errors.mean()), "median": float(np.median(errors))},
+        "methods": rows,
+        "probe_calibration": {
+            "ece": metrics.expected_calibration_error(p_reliable, is_reliable, request.calibration_bins),
+            "reliability_diagram": {k: np.asarray(v).tolist() for k, v in diagram._asdict().items()},
+        },
+        "probe_error_by_probability": {
+            "p_mean": binned.p_mean.tolist(),
+            "error_mean": binned.error_mean.tolist(),
+            "counts": binned.counts.tolist(),
+            "is_monotone": bool(binned.is_monotone),
+        },
+    }
+    if request.plots_dir is not None:
+        folder = Path(request.plots_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        curves = {
+            name: metrics.risk_coverage(-s, ~is_reliable) for name, s in scores.items()
+        }
+        plots.plot_risk_coverage(curves, folder / "risk_coverage.png")
+        plots.plot_reliability_diagram(diagram, folder / "reliability_diagram.png")
+        plots.plot_probability_vs_error(p_reliable, errors, threshold, folder / "probability_vs_error.png")
+        report["plots"] = sorted(str(p) for p in folder.glob("*.png"))
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A table for people."""
+    lines = [
+        f"data {report['data']}: {report['n_structures']} structures, criterion {report['criterion']}"
+        f" < {report['threshold']:.4g}: {report['reliable']} reliable / {report['unreliable']} unreliable",
+        "",
+        f"{'method':<44} {'AUROC':>6} {'AUPRC':>6} {'AURC':>6} {'risk@80':>7} {'risk@90':>7} {'Spearman':>8}",
+    ]
+    for row in report["methods"]:
+        lines.append(
+            f"{row[metrics.NAME]:<44} {row[metrics.AUROC]:6.3f} {row[metrics.AUPRC]:6.3f} "
+            f"{row[metrics.AURC]:6.3f} {row[metrics.SELECTIVE_RISK_80]:7.3f} "
+            f"{row[metrics.SELECTIVE_RISK_90]:7.3f} {row[metrics.SPEARMAN_ERROR]:8.3f}"
+        )
+    binned = report["probe_error_by_probability"]
+    lines += [
+        "",
+        f"PROBE calibration: ECE = {report['probe_calibration']['ece']:.3f}",
+        "PROBE error by probability bin (p -> mean error): "
+        + ", ".join(f"{p:.2f}->{e:.3g}" for p, e in zip(binned["p_mean"], binned["error_mean"]))
+        + (" (monotone)" if binned["is_monotone"] else " (NOT monotone)"),
+    ]
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    """Atomic JSON write (nan -> null so strict parsers accept it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_nan_to_none(report), indent=2)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _nan_to_none(value.item())
+    return value

@@ -1,0 +1,223 @@
+"""Fuse a MACE backbone and a PROBE head into one TorchScript file for the LAMMPS plugin.
+
+This is the only module that scripts the deployable artifact (TorchScript is deprecated in
+recent PyTorch; keeping it here lets the format change without touching anything else).
+
+The fused module works on a LAMMPS-style graph: local atoms first, then ghost atoms, which
+are real periodic images, so edges carry no shifts. Only local atoms' energies are summed;
+forces are the gradient of that sum on every atom, ghosts included, and LAMMPS adds ghost
+forces back to their owners. With ghosts out to num_layers * r_max every local atom sees
+its full receptive field, so local energies, forces and features are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Final, List, Optional, Tuple
+
+import mace  # noqa: F401  (must precede e3nn, see probe_md.backbone.mace)
+import torch
+from torch import Tensor
+
+from probe_md.backbone.mace import MaceBackbone, file_sha256
+from probe_md.head import ProbeHead
+
+FUSED_FORMAT: Final[str] = "probe_md.fused/1"
+FUSED_METADATA_FILE: Final[str] = "probe_md_fused.json"
+
+
+class FusedProbeMace(torch.nn.Module):
+    """MACE forward + PROBE head terms from the same node features, in one TorchScript module.
+
+    Inputs and outputs are float64 whatever the model dtype (conversion happens inside),
+    so the engine side never needs to know the model's precision.
+    """
+
+    def __init__(
+        self,
+        mace_model: torch.nn.Module,
+        head: ProbeHead,
+        feature_columns: List[int],
+        metadata: Dict[str, object],
+    ):
+        super().__init__()
+        self.mace = mace_model
+        self.head = head
+        self.register_buffer("feature_columns", torch.tensor(feature_columns, dtype=torch.long))
+        # Plain attributes so the C++ side reads them with module.attr(...), no JSON parser.
+        self.probe_md_format: str = FUSED_FORMAT
+        self.species: List[str] = list(metadata["species"])
+        self.atomic_numbers: List[int] = [int(z) for z in metadata["atomic_numbers"]]
+        self.num_elements: int = len(self.species)
+        self.r_max: float = float(metadata["r_max"])
+        self.num_layers: int = int(metadata["num_layers"])
+        self.model_dtype: str = str(metadata["dtype"])
+        self.num_heads: int = int(metadata["num_heads"])
+        self.value_dim: int = int(metadata["value_dim"])
+        self.threshold: float = float(metadata["threshold"])
+        self.temperature: float = float(metadata["temperature"])
+        self.criterion: str = str(metadata["criterion"])
+
+    def _model_dtype(self) -> torch.dtype:
+        return torch.float64 if self.model_dtype == "float64" else torch.float32
+
+    def _run_mace(
+        self, positions: Tensor, species_index: Tensor, edge_index: Tensor, n_local: int
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Local node energies [n_local], forces on all atoms [N,3] (float64), node_feats [N,C]."""
+        dtype = self._model_dtype()
+        pos = positions.to(dtype).detach().requires_grad_(True)
+        n_all = pos.shape[0]
+        n_edges = edge_index.shape[1]
+        data: Dict[str, Tensor] = {
+            "positions": pos,
+            "node_attrs": torch.nn.functional.one_hot(species_index, self.num_elements).to(dtype),
+            "edge_index": edge_index,
+            # Ghost atoms are real images: no edge needs a periodic shift.
+            "shifts": torch.zeros((n_edges, 3), dtype=dtype, device=pos.device),
+            "unit_shifts": torch.zeros((n_edges, 3), dtype=dtype, device=pos.device),
+            "cell": torch.zeros((3, 3), dtype=dtype, device=pos.device),
+            "batch": torch.zeros((n_all,), dtype=torch.long, device=pos.device),
+            "ptr": torch.tensor([0, n_all], dtype=torch.long, device=pos.device),
+            "head": torch.zeros((1,), dtype=torch.long, device=pos.device),
+        }
+        out = self.mace(data, training=False, compute_force=False)
+        node_energy = out["node_energy"]
+        node_feats = out["node_feats"]
+        assert node_energy is not None
+        assert node_feats is not None
+        local_energy = node_energy[:n_local]
+        grad_outputs: List[Optional[Tensor]] = [torch.ones_like(local_energy.sum())]
+        gradient = torch.autograd.grad(
+            [local_energy.sum()], [pos], grad_outputs=grad_outputs, allow_unused=True
+        )[0]
+        if gradient is None:
+            forces = torch.zeros_like(positions)
+        else:
+            forces = -gradient.to(torch.float64)
+        return local_energy.detach().to(torch.float64), forces, node_feats.detach()
+
+    def forward(
+        self, positions: Tensor, species_index: Tensor, edge_index: Tensor, n_local: int
+    ) -> Tuple[Tensor, Tensor]:
+        """Plain MLIP step: (local node energies [n_local], forces [N_all,3]), eV and eV/Å."""
+        node_energy, forces, _ = self._run_mace(positions, species_index, edge_index, n_local)
+        return node_energy, forces
+
+    @torch.jit.export
+    def forward_with_head(
+        self, positions: Tensor, species_index: Tensor, edge_index: Tensor, n_local: int
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Scoring step: the same forward pass plus the head's attention logits [n_local,H]
+        and values [n_local,H,D] of local atoms, computed from that pass's node features."""
+        node_energy, forces, node_feats = self._run_mace(
+            positions, species_index, edge_index, n_local
+        )
+        features = node_feats[:n_local].index_select(1, self.feature_columns)
+        features = features.to(self.head.feature_mean.dtype)
+        scores, values = self.head.atom_terms(features)
+        return node_energy, forces, scores.to(torch.float64), values.to(torch.float64)
+
+    @torch.jit.export
+    def readout(self, pooled: Tensor) -> Tensor:
+        """Calibrated reliability logit [G] from softmax-pooled values [G, H*D]."""
+        logit = self.head.readout_logit(pooled.to(self.head.feature_mean.dtype), True)
+        return logit.to(torch.float64)
+
+
+def _package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _load_inputs(mace_path: Path, head_path: Path) -> tuple[MaceBackbone, ProbeHead, object]:
+    from probe_md.training import load_head
+
+    backbone = MaceBackbone.from_file(mace_path)
+    head, info = load_head(head_path)
+    if head.config.feature_dim != backbone.feature_dim:
+        raise ValueError(
+            f"head file {head_path} expects {head.config.feature_dim} features per atom, but MACE "
+            f"model {mace_path} gives {backbone.feature_dim}: export the head trained on this model"
+        )
+    return backbone, head, info
+
+
+def fused_metadata(backbone: MaceBackbone, head: ProbeHead, info, mace_path, head_path) -> dict:
+    """The self-description stored inside the fused file."""
+    meta = backbone.metadata
+    return {
+        "format": FUSED_FORMAT,
+        "species": list(meta.species),
+        "atomic_numbers": list(meta.atomic_numbers),
+        "r_max": float(meta.r_max),
+        "num_layers": int(meta.num_layers),
+        "interaction_range": float(meta.r_max) * int(meta.num_layers),
+        "dtype": meta.dtype,
+        "feature_dim": len(meta.feature_columns),
+        "num_heads": int(head.num_heads),
+        "value_dim": int(head.value_dim),
+        "threshold": float(info.threshold),
+        "criterion": str(info.criterion),
+        "temperature": float(head.temperature),
+        "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
+        "versions": {
+            "torch": torch.__version__,
+            "mace-torch": _package_version("mace-torch"),
+            "probe-md": _package_version("probe-md"),
+        },
+        "sha256": {"mace": file_sha256(mace_path), "head": file_sha256(head_path)},
+    }
+
+
+def build_fused_module(
+    backbone: MaceBackbone, head: ProbeHead, metadata: dict
+) -> torch.jit.ScriptModule:
+    """Script the fused module (no file I/O; the export test uses it too)."""
+    head = head.eval()
+    for parameter in head.parameters():
+        parameter.requires_grad_(False)
+    fused = FusedProbeMace(backbone.model, head, list(backbone.metadata.feature_columns), metadata)
+    return torch.jit.script(fused.eval())
+
+
+def export_fused_model(
+    mace_path: str | os.PathLike, head_path: str | os.PathLike, out_path: str | os.PathLike
+) -> dict:
+    """Write the fused TorchScript file for `pair_style probe/mace`; returns its metadata."""
+    mace_path, head_path, out_path = Path(mace_path), Path(head_path), Path(out_path)
+    backbone, head, info = _load_inputs(mace_path, head_path)
+    metadata = fused_metadata(backbone, head, info, mace_path, head_path)
+    scripted = build_fused_module(backbone, head, metadata)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={FUSED_METADATA_FILE: json.dumps(metadata)})
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return metadata
+
+
+def read_fused_metadata(path: str | os.PathLike) -> dict:
+    """The JSON self-description of a fused file, without loading its weights into a model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"fused model file {path} does not exist")
+    extra = {FUSED_METADATA_FILE: ""}
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as error:
+        raise ValueError(f"fused model file {path} is corrupt: {str(error).splitlines()[0]}") from None
+    if not extra[FUSED_METADATA_FILE]:
+        raise ValueError(f"{path} is not a probe-md fused model: export one with `probe-md export`")
+    return json.loads(extra[FUSED_METADATA_FILE])

@@ -1,0 +1,345 @@
+"""Engine-independent reliability monitoring: decide, log, dump flagged frames, summarise.
+
+The MD front ends (LAMMPS driver, ML-IAP class) hand every check to a `ReliabilityMonitor`:
+step, calibrated probability that the MLIP is reliable, its logit and, when the frame is
+flagged, the structure with per-atom importances. The monitor decides whether the frame is
+flagged (probability below the threshold) and whether to halt (`patience` consecutive flagged
+checks), and writes:
+
+  reliability.jsonl  one JSON object per check, flushed line by line
+  flagged.extxyz     flagged frames (species, positions, cell, pbc; info step/reliability/
+                     logit; per-atom `importance`), appended whole and fsync'ed
+  reliability.png    reliability against step (written atomically at the end)
+  summary.json       the summary dict (written atomically at the end)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final, Sequence
+
+import numpy as np
+
+ACTIONS: Final[tuple[str, ...]] = ("dump", "halt")
+
+LOG_FILE: Final[str] = "reliability.jsonl"
+FLAGGED_FILE: Final[str] = "flagged.extxyz"
+PLOT_FILE: Final[str] = "reliability.png"
+SUMMARY_FILE: Final[str] = "summary.json"
+
+# extxyz keys of a flagged frame
+INFO_STEP: Final[str] = "step"  # int, MD timestep
+INFO_RELIABILITY: Final[str] = "reliability"  # float, calibrated P(reliable)
+INFO_LOGIT: Final[str] = "logit"  # float, calibrated logit
+ARRAY_IMPORTANCE: Final[str] = "importance"  # [n_atoms] float, 1 = average atom
+
+
+def parse_actions(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'dump,halt' -> ('dump', 'halt'); '' or 'none' -> () (monitor and log only)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    actions = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+    if actions == ("none",):
+        return ()
+    unknown = [action for action in actions if action not in ACTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown on-drop action {unknown[0]!r}: choose from {', '.join(ACTIONS)} (comma-separated) or none"
+        )
+    return actions
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """When to check and what to do when reliability drops."""
+
+    every: int = 10  # MD steps between checks
+    threshold: float = 0.5  # a check is flagged when P(reliable) < threshold
+    patience: int = 3  # halt after this many consecutive flagged checks
+    actions: tuple[str, ...] = ("dump", "halt")  # subset of ACTIONS
+
+    def __post_init__(self):
+        if int(self.every) != self.every or self.every < 1:
+            raise ValueError(f"every must be a positive integer number of steps, got {self.every}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold}")
+        if int(self.patience) != self.patience or self.patience < 1:
+            raise ValueError(f"patience must be a positive integer number of checks, got {self.patience}")
+        object.__setattr__(self, "actions", parse_actions(self.actions))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "actions": list(self.actions)}
+
+
+@dataclass(frozen=True)
+class Check:
+    """The monitor's decision at one check."""
+
+    step: int
+    probability: float
+    logit: float
+    flagged: bool  # probability < threshold
+    consecutive_flagged: int  # flagged checks in a row, this one included
+    dump: bool  # the frame should be written (flagged and 'dump' requested)
+    halt: bool  # the run should stop now (patience reached and 'halt' requested)
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and prove it is writable, or raise one-line PermissionError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe_md_write_test")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise PermissionError(
+            f"output directory {path} is not writable ({error.strerror or error}): choose another with --out"
+        ) from None
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def frame_extxyz_text(
+    step: int,
+    probability: float,
+    logit: float,
+    species: Sequence[str],
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: Sequence[bool] | bool,
+    importances: np.ndarray,
+) -> str:
+    """One complete extxyz frame as text (built in memory so it can be appended in one write)."""
+    import ase
+    import ase.io
+
+    atoms = ase.Atoms(symbols=list(species), positions=np.asarray(positions, dtype=float), cell=cell, pbc=pbc)
+    atoms.info[INFO_STEP] = int(step)
+    atoms.info[INFO_RELIABILITY] = float(probability)
+    atoms.info[INFO_LOGIT] = float(logit)
+    importances = np.asarray(importances, dtype=float).reshape(-1)
+    if importances.shape[0] != len(atoms):
+        raise ValueError(f"{importances.shape[0]} importances for a frame of {len(atoms)} atoms")
+    atoms.arrays[ARRAY_IMPORTANCE] = importances
+    buffer = io.StringIO()
+    ase.io.write(buffer, atoms, format="extxyz")
+    return buffer.getvalue()
+
+
+class ReliabilityMonitor:
+    """Turns a stream of reliability checks into decisions and files.
+
+    Only the writing rank (`writer=True`) touches files; every rank may run `check` on the
+    same global probability and reaches the same decision.
+    """
+
+    def __init__(self, config: MonitorConfig, out_dir: str | os.PathLike | None, writer: bool = True):
+        self.config = config
+        self.writer = writer and out_dir is not None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.checks_: list[Check] = []
+        self.frames_written_ = 0
+        self.halted_at_: int | None = None
+        self.extra_summary: dict = {}  # front ends add e.g. the restart file, steps/s
+        self._consecutive = 0
+        self._log = None
+        if self.writer:
+            ensure_writable_dir(self.out_dir)
+            self.log_path = self.out_dir / LOG_FILE
+            self.flagged_path = self.out_dir / FLAGGED_FILE
+            self.plot_path = self.out_dir / PLOT_FILE
+            self.summary_path = self.out_dir / SUMMARY_FILE
+            # A fresh run owns its outputs: stale frames of an earlier run would be misleading.
+            if self.flagged_path.exists():
+                self.flagged_path.unlink()
+            self._log = open(self.log_path, "w", encoding="utf-8")
+
+    # --- decisions ---------------------------------------------------------------------
+    def check(self, step: int, probability: float, logit: float) -> Check:
+        """Record one check and decide; logs it (writer rank) before returning."""
+        probability = float(probability)
+        flagged = not (probability >= self.config.threshold)  # nan counts as flagged
+        self._consecutive = self._consecutive + 1 if flagged else 0
+        halt = (
+            "halt" in self.config.actions
+            and self._consecutive >= self.config.patience
+            and self.halted_at_ is None
+        )
+        decision = Check(
+            step=int(step),
+            probability=probability,
+            logit=float(logit),
+            flagged=flagged,
+            consecutive_flagged=self._consecutive,
+            dump=flagged and "dump" in self.config.actions,
+            halt=halt,
+        )
+        if halt:
+            self.halted_at_ = decision.step
+        self.checks_.append(decision)
+        if self._log is not None:
+            record = asdict(decision)
+            for key in ("probability", "logit"):  # JSON has no nan/inf
+                if not math.isfinite(record[key]):
+                    record[key] = None
+            self._log.write(json.dumps(record) + "\n")
+            self._log.flush()
+        return decision
+
+    def write_frame(
+        self,
+        decision: Check,
+        species: Sequence[str],
+        positions: np.ndarray,
+        cell: np.ndarray,
+        importances: np.ndarray,
+        pbc: Sequence[bool] | bool = True,
+    ) -> None:
+        """Append one complete frame to flagged.extxyz, flushed and fsync'ed.
+
+        The frame is rendered in memory first and appended with a single write on an
+        O_APPEND descriptor, so a crash leaves either the whole frame or none of it.
+        """
+        if not self.writer:
+            return
+        text = frame_extxyz_text(
+            decision.step, decision.probability, decision.logit, species, positions, cell, pbc, importances
+        ).encode("utf-8")
+        fd = os.open(self.flagged_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(text)
+            while view:  # os.write may write less than asked (signals, pipes)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.frames_written_ += 1
+
+    def observe(
+        self,
+        step: int,
+        probability: float,
+        logit: float,
+        importances: np.ndarray,
+        species: Sequence[str],
+        positions: np.ndarray,
+        cell: np.ndarray,
+        pbc: Sequence[bool] | bool = True,
+    ) -> Check:
+        """`check` + `write_frame` when the decision says so (single-process front ends)."""
+        decision = self.check(step, probability, logit)
+        if decision.dump:
+            self.write_frame(decision, species, positions, cell, importances, pbc)
+        return decision
+
+    @property
+    def halted(self) -> bool:
+        return self.halted_at_ is not None
+
+    # --- end of run ----------------------------------------------------------------------
+    def summary(self) -> dict:
+        probabilities = np.array([c.probability for c in self.checks_], dtype=float)
+        flagged = [c for c in self.checks_ if c.flagged]
+        finite = probabilities[np.isfinite(probabilities)]
+        summary = {
+            "config": self.config.to_dict(),
+            "checks": len(self.checks_),
+            "first_step": self.checks_[0].step if self.checks_ else None,
+            "last_step": self.checks_[-1].step if self.checks_ else None,
+            "flagged_checks": len(flagged),
+            "first_flagged_step": flagged[0].step if flagged else None,
+            "min_reliability": float(finite.min()) if finite.size else None,
+            "final_reliability": float(probabilities[-1]) if probabilities.size else None,
+            "frames_written": self.frames_written_,
+            "halted": self.halted,
+            "halt_step": self.halted_at_,
+        }
+        if self.writer:
+            summary["files"] = {
+                "log": str(self.log_path),
+                "flagged": str(self.flagged_path) if self.frames_written_ else None,
+                "plot": str(self.plot_path) if self.checks_ else None,
+                "summary": str(self.summary_path),
+            }
+        summary.update(self.extra_summary)
+        return summary
+
+    def plot(self) -> Path | None:
+        """Reliability against step, threshold and halt marked; PNG written atomically."""
+        if not self.writer or not self.checks_:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+        steps = np.array([c.step for c in self.checks_])
+        probabilities = np.array([c.probability for c in self.checks_])
+        flagged = np.array([c.flagged for c in self.checks_])
+        figure = Figure(figsize=(6.4, 3.6), dpi=120)
+        axes = figure.subplots()
+        axes.plot(steps, probabilities, color="tab:blue", lw=1.2, label="P(reliable)")
+        axes.scatter(steps[flagged], probabilities[flagged], color="tab:red", s=10, zorder=3, label="flagged")
+        axes.axhline(self.config.threshold, color="gray", ls="--", lw=1, label=f"threshold {self.config.threshold:g}")
+        if self.halted_at_ is not None:
+            axes.axvline(self.halted_at_, color="black", lw=1, label=f"halt at step {self.halted_at_}")
+        axes.set_xlabel("MD step")
+        axes.set_ylabel("P(MLIP reliable)")
+        axes.set_ylim(-0.03, 1.03)
+        axes.legend(loc="lower left", fontsize=8)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        atomic_write_bytes(self.plot_path, buffer.getvalue())
+        return self.plot_path
+
+    def finish(self, print_summary: bool = True) -> dict:
+        """Close the log, write plot and summary.json; returns (and prints) the summary."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        summary = self.summary()
+        if self.writer:
+            self.plot()
+            atomic_write_bytes(self.summary_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+            if print_summary:
+                print(format_summary(summary), flush=True)
+        return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A few human-readable lines."""
+    min_rel = summary["min_reliability"]
+    lines = [
+        f"PROBE monitor: {summary['checks']} checks (steps {summary['first_step']}..{summary['last_step']}), "
+        f"{summary['flagged_checks']} flagged (first at step {summary['first_flagged_step']}), "
+        f"min reliability {'n/a' if min_rel is None else f'{min_rel:.3f}'}",
+        f"  frames written: {summary['frames_written']}; "
+        + (f"halted at step {summary['halt_step']}" if summary["halted"] else "ran to completion"),
+    ]
+    for key in ("restart", "steps_per_second", "wall_seconds"):
+        if key in summary:
+            lines.append(f"  {key.replace('_', ' ')}: {summary[key]}")
+    for name, path in (summary.get("files") or {}).items():
+        if path:
+            lines.append(f"  {name}: {path}")
+    return "\n".join(lines)

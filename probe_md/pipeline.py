@@ -1,0 +1,103 @@
+"""Training a PROBE head end to end: backbone predictions -> labels -> fit -> calibrate -> save."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from probe_md.backbone import load_backbone
+from probe_md.baselines import FeatureDensity
+from probe_md.features import predict_dataset
+from probe_md.labels import (
+    DEFAULT_CRITERION,
+    DEFAULT_THRESHOLD_MULTIPLE,
+    class_balance,
+    check_threshold,
+    default_threshold,
+    label_reliable,
+    structure_errors,
+)
+from probe_md.structures import ReferenceKeys, read_structures
+from probe_md.training import HeadInfo, ProbeClassifier, TrainingConfig, save_head
+
+
+@dataclass
+class TrainRequest:
+    """Inputs of `probe-md train`."""
+
+    model_path: Path
+    data_paths: Sequence[Path]
+    output_path: Path
+    in_domain_path: Path | None = None  # MLIP validation data: sets the default threshold
+    criterion: str = DEFAULT_CRITERION
+    threshold: float | None = None
+    keys: ReferenceKeys = ReferenceKeys()
+    cache_dir: Path | None = None
+    head_config: dict | None = None
+    training: TrainingConfig | None = None
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"output folder {folder} is not writable")
+
+
+def train_probe(request: TrainRequest) -> tuple[ProbeClassifier, HeadInfo]:
+    """Train, calibrate and save a head; returns the classifier and what was saved with it."""
+    _check_writable(Path(request.output_path))
+    backbone = load_backbone(request.model_path)
+    structures = [a for path in request.data_paths for a in read_structures(path, request.keys)]
+    predictions = predict_dataset(backbone, structures, request.cache_dir, "features")
+    errors = structure_errors(predictions, structures, request.criterion, request.keys)
+    if request.threshold is not None:
+        threshold = check_threshold(request.threshold)
+        threshold_rule = "given"
+    elif request.in_domain_path is not None:
+        in_domain = read_structures(request.in_domain_path, request.keys)
+        in_domain_errors = structure_errors(
+            predict_dataset(backbone, in_domain, request.cache_dir, "in-domain"),
+            in_domain,
+            request.criterion,
+            request.keys,
+        )
+        threshold = default_threshold(in_domain_errors)
+        threshold_rule = f"{DEFAULT_THRESHOLD_MULTIPLE} x RMS error on {request.in_domain_path}"
+    else:
+        # Without in-domain data, the best 25 % of the training data stand in for it.
+        threshold = default_threshold(np.sort(errors)[: max(len(errors) // 4, 1)])
+        threshold_rule = f"{DEFAULT_THRESHOLD_MULTIPLE} x RMS error of the best quarter of the data"
+    is_reliable = label_reliable(errors, threshold)
+    balance = class_balance(is_reliable)
+    print(f"criterion {request.criterion}, threshold {threshold:.4g} ({threshold_rule}): {balance}")
+    features = [p.features for p in predictions]
+    classifier = ProbeClassifier(request.head_config, request.training).fit(features, is_reliable)
+    reliable_train = [features[i] for i in classifier.split_.train if is_reliable[i]]
+    density = FeatureDensity().fit(reliable_train)
+    info = HeadInfo(
+        criterion=request.criterion,
+        threshold=threshold,
+        backbone_fingerprint=backbone.fingerprint,
+        feature_spec={
+            "backbone": type(backbone).__name__,
+            "species": list(backbone.species),
+            "cutoff": backbone.cutoff,
+            "num_layers": backbone.num_layers,
+            "feature_dim": backbone.feature_dim,
+            "columns": list(getattr(getattr(backbone, "metadata", None), "feature_columns", [])),
+        },
+        metrics={
+            "threshold_rule": threshold_rule,
+            "reliable": balance.reliable,
+            "unreliable": balance.unreliable,
+        },
+        training=dict(classifier.training_summary_),
+        density=density.state_dict(),
+    )
+    save_head(classifier.head_, info, request.output_path)
+    return classifier, info

@@ -1,0 +1,256 @@
+"""Fitting, calibrating, saving and loading a PROBE head (scikit-learn estimator habits)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+from probe_md.calibration import fit_temperature_and_bias
+from probe_md.head import HeadConfig, ProbeHead
+
+HEAD_FORMAT = "probe_md.head/1"
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a classifier is used before `fit`."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and data-split settings, saved with the head."""
+
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 300
+    patience: int = 30
+    batch_structures: int = 64
+    validation_fraction: float = 0.15
+    calibration_fraction: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class SplitIndices:
+    train: np.ndarray
+    validation: np.ndarray
+    calibration: np.ndarray
+
+
+def stratified_split(is_reliable: np.ndarray, config: TrainingConfig) -> SplitIndices:
+    """Split structures (never atoms) into train/validation/calibration, per class."""
+    rng = np.random.default_rng(config.seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "calibration": []}
+    for label in (True, False):
+        members = rng.permutation(np.flatnonzero(is_reliable == label))
+        n_val = int(round(config.validation_fraction * len(members)))
+        n_cal = int(round(config.calibration_fraction * len(members)))
+        parts["validation"].append(members[:n_val])
+        parts["calibration"].append(members[n_val : n_val + n_cal])
+        parts["train"].append(members[n_val + n_cal :])
+    return SplitIndices(**{k: np.sort(np.concatenate(v)) for k, v in parts.items()})
+
+
+@dataclass
+class _Packed:
+    """Many structures as one atom array with a structure index per atom."""
+
+    features: torch.Tensor  # [N, F]
+    batch: torch.Tensor  # [N]
+    num_graphs: int
+
+
+def pack(features: Sequence[np.ndarray], dtype=torch.float32) -> _Packed:
+    counts = [len(f) for f in features]
+    return _Packed(
+        torch.as_tensor(np.concatenate(features), dtype=dtype),
+        torch.repeat_interleave(torch.arange(len(features)), torch.tensor(counts)),
+        len(features),
+    )
+
+
+class ProbeClassifier:
+    """PROBE: fit a head on per-structure feature arrays and reliable/unreliable labels."""
+
+    def __init__(
+        self,
+        head_config: dict | None = None,
+        training_config: TrainingConfig | None = None,
+        verbose: bool = True,
+    ):
+        self.head_config = dict(head_config or {})
+        self.training_config = training_config or TrainingConfig()
+        self.verbose = verbose
+
+    # --- fitting ---------------------------------------------------------------------
+    def fit(self, features: Sequence[np.ndarray], is_reliable: np.ndarray) -> "ProbeClassifier":
+        is_reliable = np.asarray(is_reliable, dtype=bool)
+        if len(features) != len(is_reliable):
+            raise ValueError(f"{len(features)} feature arrays for {len(is_reliable)} labels")
+        if is_reliable.all() or not is_reliable.any():
+            raise ValueError(
+                "all structures have the same label: choose a threshold that splits the data"
+            )
+        cfg = self.training_config
+        torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
+        split = stratified_split(is_reliable, cfg)
+        feature_dim = features[0].shape[1]
+        head = ProbeHead(HeadConfig(feature_dim=feature_dim, **self.head_config))
+        train_atoms = np.concatenate([features[i] for i in split.train])
+        head.set_feature_scaling(
+            torch.as_tensor(train_atoms.mean(0), dtype=torch.float32),
+            torch.as_tensor(train_atoms.std(0), dtype=torch.float32),
+        )
+        labels = torch.as_tensor(is_reliable, dtype=torch.float32)
+        train_labels = labels[split.train]
+        # Class-balanced loss: weight the reliable class by n_unreliable / n_reliable.
+        pos_weight = (1 - train_labels).sum() / train_labels.sum().clamp(min=1)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        optimizer = torch.optim.AdamW(
+            head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        val_packed = pack([features[i] for i in split.validation])
+        val_labels = labels[split.validation]
+        rng = np.random.default_rng(cfg.seed)
+        best_loss, best_state, best_epoch, history = float("inf"), None, 0, []
+        for epoch in range(cfg.max_epochs):
+            head.train()
+            order = rng.permutation(split.train)
+            for begin in range(0, len(order), cfg.batch_structures):
+                chosen = order[begin : begin + cfg.batch_structures]
+                packed = pack([features[i] for i in chosen])
+                out = head(packed.features, packed.batch, packed.num_graphs, calibrated=False)
+                loss = loss_fn(out.logits, labels[chosen])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            head.eval()
+            with torch.no_grad():
+                val_out = head(val_packed.features, val_packed.batch, val_packed.num_graphs, False)
+                val_loss = float(loss_fn(val_out.logits, val_labels))
+            history.append(val_loss)
+            if val_loss < best_loss - 1e-5:
+                best_loss, best_state, best_epoch = val_loss, copy.deepcopy(head.state_dict()), epoch
+            elif epoch - best_epoch >= cfg.patience:
+                break
+        head.load_state_dict(best_state)
+        head.eval()
+        cal_packed = pack([features[i] for i in split.calibration])
+        with torch.no_grad():
+            cal_logits = head(cal_packed.features, cal_packed.batch, cal_packed.num_graphs, False).logits
+        temperature, bias = fit_temperature_and_bias(cal_logits, labels[split.calibration])
+        head.temperature.fill_(temperature)
+        head.logit_bias.fill_(bias)
+        self.head_ = head
+        self.split_ = split
+        self.training_summary_ = {
+            "epochs_run": len(history),
+            "best_epoch": best_epoch,
+            "best_validation_loss": best_loss,
+            "temperature": temperature,
+            "logit_bias": bias,
+            "train_seconds": time.perf_counter() - start,
+            "n_train": int(len(split.train)),
+            "n_validation": int(len(split.validation)),
+            "n_calibration": int(len(split.calibration)),
+        }
+        if self.verbose:
+            print(
+                f"head trained: {len(history)} epochs (best {best_epoch}), "
+                f"val loss {best_loss:.4f}, T={temperature:.3f}, bias={bias:+.3f}, "
+                f"{self.training_summary_['train_seconds']:.1f} s"
+            )
+        return self
+
+    @classmethod
+    def from_head(cls, head: ProbeHead) -> "ProbeClassifier":
+        classifier = cls(verbose=False)
+        classifier.head_ = head.eval()
+        return classifier
+
+    # --- prediction ------------------------------------------------------------------
+    def _check_fitted(self) -> ProbeHead:
+        if not hasattr(self, "head_"):
+            raise NotFittedError("this ProbeClassifier is not fitted yet: call fit() first")
+        return self.head_
+
+    def predict_logit(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        return self._run(features)[0]
+
+    def predict_proba(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated probability that each structure's MLIP prediction is reliable."""
+        return expit(self.predict_logit(features))
+
+    def attention(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per structure: attention weights [n_atoms, heads] (each head sums to 1)."""
+        return self._run(features)[1]
+
+    def _run(self, features: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        head = self._check_fitted()
+        dtype = head.feature_mean.dtype
+        packed = pack(features, dtype=dtype)
+        with torch.no_grad():
+            out = head(packed.features, packed.batch, packed.num_graphs)
+        counts = [len(f) for f in features]
+        attention = [a.numpy() for a in torch.split(out.attention, counts)]
+        return out.logits.double().numpy(), attention
+
+
+@dataclass
+class HeadInfo:
+    """Everything saved next to the head's weights."""
+
+    criterion: str
+    threshold: float
+    backbone_fingerprint: str
+    feature_spec: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    density: dict | None = None  # FeatureDensity baseline state (plain tensors)
+
+
+def save_head(head: ProbeHead, info: HeadInfo, path: str | os.PathLike) -> None:
+    """Write the head file atomically; plain containers only, so weights_only loading works."""
+    path = Path(path)
+    payload = {
+        "format": HEAD_FORMAT,
+        "config": head.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "temperature": float(head.temperature),
+        **asdict(info),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:
+    """Load a head file with `weights_only=True` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"head file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"head file {path} is corrupt or not a PROBE head: {str(error).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != HEAD_FORMAT:
+        raise ValueError(f"head file {path} is not a PROBE head ({HEAD_FORMAT})")
+    head = ProbeHead(HeadConfig(**payload["config"]))
+    head.load_state_dict(payload["state_dict"])
+    info_fields = {k: payload[k] for k in HeadInfo.__dataclass_fields__ if k in payload}
+    return head.eval(), HeadInfo(**info_fields)

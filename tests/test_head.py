@@ -1,0 +1,69 @@
+import torch
+
+from probe_md.head import (
+    HeadConfig,
+    ProbeHead,
+    atom_importance,
+    finish_pool,
+    merge_partial_pools,
+    partial_pool,
+)
+
+
+def _head(seed=0, dim=6):
+    torch.manual_seed(seed)
+    return ProbeHead(HeadConfig(feature_dim=dim, num_heads=3, value_dim=4, dropout=0.0)).eval()
+
+
+def test_partial_sums_merged_equal_direct_pooling():
+    head = _head()
+    features = torch.randn(30, 6) * 3
+    batch = torch.tensor([0] * 12 + [1] * 18)
+    scores, values = head.atom_terms(features)
+    direct = finish_pool(partial_pool(scores, values, batch, 2))
+    # Split the atoms over three "ranks" arbitrarily, including a part without structure 0.
+    parts = [torch.arange(0, 7), torch.arange(7, 20), torch.arange(20, 30)]
+    merged = None
+    for idx in parts:
+        pool = partial_pool(scores[idx], values[idx], batch[idx], 2)
+        merged = pool if merged is None else merge_partial_pools(merged, pool)
+    torch.testing.assert_close(finish_pool(merged), direct, rtol=1e-6, atol=1e-6)
+
+
+def test_permutation_invariance_and_permuted_attention():
+    head = _head(1)
+    features = torch.randn(11, 6)
+    batch = torch.zeros(11, dtype=torch.long)
+    permutation = torch.randperm(11)
+    out = head(features, batch, 1)
+    out_perm = head(features[permutation], batch, 1)
+    torch.testing.assert_close(out.logits, out_perm.logits)
+    torch.testing.assert_close(out.attention[permutation], out_perm.attention)
+
+
+def test_attention_sums_to_one_per_structure_and_head():
+    head = _head(2)
+    features = torch.randn(9, 6)
+    batch = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    attention = head(features, batch, 2).attention
+    sums = torch.zeros(2, 3).index_add(0, batch, attention)
+    torch.testing.assert_close(sums, torch.ones(2, 3))
+    assert abs(float(atom_importance(attention[:4]).mean()) - 1.0) < 1e-6
+
+
+def test_calibration_buffers_change_logit():
+    head = _head(3)
+    features = torch.randn(5, 6)
+    batch = torch.zeros(5, dtype=torch.long)
+    raw = head(features, batch, 1, calibrated=False).logits
+    head.temperature.fill_(2.0)
+    head.logit_bias.fill_(0.5)
+    torch.testing.assert_close(head(features, batch, 1).logits, (raw + 0.5) / 2.0)
+
+
+def test_head_scripts_and_matches_eager():
+    head = _head(4)
+    scripted = torch.jit.script(head)
+    features = torch.randn(8, 6)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    torch.testing.assert_close(scripted(features, batch, 2).logits, head(features, batch, 2).logits)

@@ -1,0 +1,146 @@
+"""ReliabilityMonitor: patience logic, crash-safe extxyz, complete JSON-lines log, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ase.io
+import numpy as np
+import pytest
+
+from probe_md.lammps.monitor import (
+    FLAGGED_FILE,
+    LOG_FILE,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    MonitorConfig,
+    ReliabilityMonitor,
+    parse_actions,
+)
+
+
+def frame(n_atoms: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return {
+        "importances": rng.uniform(0.5, 1.5, n_atoms),
+        "species": ["Cu"] * n_atoms,
+        "positions": rng.uniform(0.0, 3.6, (n_atoms, 3)),
+        "cell": np.diag([3.6, 3.6, 3.6]),
+    }
+
+
+def feed(monitor: ReliabilityMonitor, probabilities, every: int = 10):
+    return [
+        monitor.observe(step=i * every, probability=p, logit=float(np.log(p / (1 - p))), **frame(seed=i))
+        for i, p in enumerate(probabilities)
+    ]
+
+
+def test_patience_counts_consecutive_flagged_checks_only(tmp_path):
+    monitor = ReliabilityMonitor(MonitorConfig(every=10, threshold=0.5, patience=3), tmp_path)
+    decisions = feed(monitor, [0.9, 0.4, 0.3, 0.8, 0.2, 0.1, 0.05, 0.01])
+    assert [d.flagged for d in decisions] == [False, True, True, False, True, True, True, True]
+    assert [d.consecutive_flagged for d in decisions] == [0, 1, 2, 0, 1, 2, 3, 4]
+    # halts exactly once, at the third consecutive flagged check (step 60)
+    assert [d.halt for d in decisions] == [False] * 6 + [True, False]
+    assert monitor.halted_at_ == 60
+    summary = monitor.finish(print_summary=False)
+    assert summary["halted"] and summary["halt_step"] == 60
+    assert summary["flagged_checks"] == 6 and summary["frames_written"] == 6
+    assert summary["first_flagged_step"] == 10
+
+
+def test_actions_select_dump_and_halt(tmp_path):
+    only_dump = ReliabilityMonitor(MonitorConfig(patience=1, actions=("dump",)), tmp_path / "a")
+    assert not any(d.halt for d in feed(only_dump, [0.1, 0.1]))
+    assert only_dump.frames_written_ == 2
+    only_halt = ReliabilityMonitor(MonitorConfig(patience=1, actions="halt"), tmp_path / "b")
+    decisions = feed(only_halt, [0.1])
+    assert decisions[0].halt and not decisions[0].dump
+    assert not (tmp_path / "b" / FLAGGED_FILE).exists()
+    assert parse_actions("none") == ()
+    with pytest.raises(ValueError, match="unknown on-drop action 'explode'"):
+        parse_actions("dump,explode")
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="threshold"):
+        MonitorConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="patience"):
+        MonitorConfig(patience=0)
+    with pytest.raises(ValueError, match="every"):
+        MonitorConfig(every=0)
+
+
+def test_flagged_frames_read_back_with_importances(tmp_path):
+    monitor = ReliabilityMonitor(MonitorConfig(threshold=0.5, patience=10), tmp_path)
+    feed(monitor, [0.9, 0.2, 0.3])
+    frames = ase.io.read(tmp_path / FLAGGED_FILE, index=":")
+    assert len(frames) == 2
+    expected = frame(seed=1)
+    atoms = frames[0]
+    assert atoms.info["step"] == 10
+    assert atoms.info["reliability"] == pytest.approx(0.2)
+    assert atoms.info["logit"] == pytest.approx(np.log(0.2 / 0.8))
+    assert atoms.get_chemical_symbols() == expected["species"]
+    np.testing.assert_allclose(atoms.positions, expected["positions"], err_msg="positions changed on write")
+    np.testing.assert_allclose(atoms.arrays["importance"], expected["importances"], err_msg="importances lost")
+    np.testing.assert_allclose(atoms.cell.array, expected["cell"])
+    assert atoms.pbc.all()
+
+
+def test_file_holds_only_complete_frames_after_each_write(tmp_path):
+    """After every append the file parses completely: a crash between frames loses nothing."""
+    monitor = ReliabilityMonitor(MonitorConfig(threshold=0.5, patience=100), tmp_path)
+    for i in range(3):
+        feed(monitor, [0.1])
+        assert len(ase.io.read(tmp_path / FLAGGED_FILE, index=":")) == i + 1
+    # no temp files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FLAGGED_FILE, LOG_FILE]
+
+
+def test_jsonl_logs_every_check_and_is_flushed(tmp_path):
+    monitor = ReliabilityMonitor(MonitorConfig(threshold=0.5, patience=2), tmp_path)
+    feed(monitor, [0.9, 0.8])
+    # readable mid-run (flushed per line), before finish()
+    lines = (tmp_path / LOG_FILE).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 10]
+    feed(monitor, [0.4, float("nan")])
+    summary = monitor.finish(print_summary=False)
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert len(records) == 4 == summary["checks"]
+    assert records[-1]["probability"] is None and records[-1]["flagged"]  # nan is flagged, logged as null
+    assert records[-1]["halt"] is True
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["checks"] == 4
+    assert (tmp_path / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_non_writer_rank_touches_no_files(tmp_path):
+    monitor = ReliabilityMonitor(MonitorConfig(patience=1), tmp_path / "rank1", writer=False)
+    decisions = feed(monitor, [0.1])
+    assert decisions[0].halt
+    monitor.finish()
+    assert not (tmp_path / "rank1").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir_is_one_line_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match=r"output directory .*locked.* is not writable"):
+            ReliabilityMonitor(MonitorConfig(), locked)
+        with pytest.raises(PermissionError, match="--out"):
+            ReliabilityMonitor(MonitorConfig(), locked / "sub")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_dir_under_a_file_is_one_line_error(tmp_path):
+    """Works as root too: nothing can be created below a regular file."""
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match=r"output directory .*not_a_dir/out is not writable"):
+        ReliabilityMonitor(MonitorConfig(), blocker / "out")

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from probe_md.metrics import auroc
+from probe_md.training import (
+    HeadInfo,
+    NotFittedError,
+    ProbeClassifier,
+    TrainingConfig,
+    load_head,
+    save_head,
+)
+
+
+def separable_set(n: int, seed: int, dim: int = 8):
+    """Unreliable structures contain a few atoms from a shifted feature distribution."""
+    rng = np.random.default_rng(seed)
+    features, labels = [], []
+    for _ in range(n):
+        atoms = rng.normal(size=(int(rng.integers(8, 30)), dim))
+        reliable = rng.random() < 0.6
+        if not reliable:
+            k = int(rng.integers(1, 4))
+            atoms[:k, :2] += 3.0
+        features.append(atoms)
+        labels.append(reliable)
+    return features, np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    features, labels = separable_set(300, seed=0)
+    config = TrainingConfig(max_epochs=80, patience=15, seed=0)
+    return ProbeClassifier({"hidden_dim": 32}, config, verbose=False).fit(features, labels)
+
+
+def test_separable_case_reaches_high_auroc(fitted):
+    features, labels = separable_set(200, seed=1)
+    p = fitted.predict_proba(features)
+    assert auroc(1 - p, ~labels) > 0.95
+
+
+def test_attention_finds_the_anomalous_atoms(fitted):
+    features, labels = separable_set(60, seed=2)
+    attention = fitted.attention(features)
+    hits = [a.mean(1).argmax() < 3 for a, ok in zip(attention, labels) if not ok]
+    assert np.mean(hits) > 0.8
+
+
+def test_save_load_round_trip_weights_only(fitted, tmp_path):
+    info = HeadInfo(criterion="force-rmse", threshold=0.1, backbone_fingerprint="abc")
+    path = tmp_path / "head.pt"
+    save_head(fitted.head_, info, path)
+    torch.load(path, weights_only=True)  # must not need unpickling of custom classes
+    head, loaded_info = load_head(path)
+    features, _ = separable_set(10, seed=3)
+    np.testing.assert_allclose(
+        ProbeClassifier.from_head(head).predict_proba(features), fitted.predict_proba(features), rtol=1e-6
+    )
+    assert loaded_info.threshold == 0.1 and loaded_info.backbone_fingerprint == "abc"
+
+
+def test_unfitted_and_one_class_errors():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        ProbeClassifier().predict_proba([np.zeros((3, 2))])
+    with pytest.raises(ValueError, match="same label"):
+        ProbeClassifier(verbose=False).fit([np.zeros((3, 2))] * 4, np.ones(4, dtype=bool))
+
+
+def test_bad_head_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_head(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_head(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not a PROBE head"):
+        load_head(other)
