@@ -28,8 +28,8 @@ def fit_temperature_and_bias(
         return loss
 
     optimizer.step(closure)
-    temperature = float(torch.exp(log_temperature))
+    temperature = float(torch.exp(log_temperature.detach()))
     if not (0.01 < temperature < 100.0):
         # A degenerate calibration split (one class, separable) runs away: keep identity.
         return 1.0, 0.0
-    return temperature, float(bias)
+    return temperature, float(bias.detach())

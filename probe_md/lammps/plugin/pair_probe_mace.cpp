@@ -20,6 +20,8 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <torch/cuda.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -121,7 +123,7 @@ void PairProbeMace::settings(int narg, char **arg)
                "num_layers {}, {} species)", model_file, r_max, num_layers, species.size());
   if (comm->me == 0)
     utils::logmesg(lmp, "probe/mace: {} ({}; species {}; r_max {} A x {} layers; head {}x{})\n",
-                   model_file, dtype, fmt::format("{}", fmt::join(species, " ")), r_max,
+                   model_file, dtype, utils::join_words(species, " "), r_max,
                    num_layers, num_heads, value_dim);
 }
 
@@ -142,7 +144,7 @@ void PairProbeMace::coeff(int narg, char **arg)
     if (index < 0)
       error->all(FLERR, "pair_coeff: LAMMPS type {} is mapped to {}, but model file {} was "
                  "exported for species [{}]", itype, element, model_file,
-                 fmt::format("{}", fmt::join(species, ", ")));
+                 utils::join_words(species, ", "));
     type_to_species[itype] = index;
   }
   for (int i = 1; i <= ntypes; i++)

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from probe_md.ase import ProbeCalculator
+from probe_md.backbone.mace import MaceBackbone
+from probe_md.head import HeadConfig, ProbeHead
+from probe_md.training import HeadInfo, save_head
+
+
+@pytest.fixture(scope="module")
+def calculator(tiny_mace_path, tmp_path_factory):
+    torch.manual_seed(0)
+    backbone = MaceBackbone.from_file(tiny_mace_path)
+    head = ProbeHead(HeadConfig(feature_dim=backbone.feature_dim, dropout=0.0)).eval()
+    path = tmp_path_factory.mktemp("head") / "head.pt"
+    save_head(head, HeadInfo("force-rmse", 0.1, backbone.fingerprint), path)
+    return ProbeCalculator(tiny_mace_path, path)
+
+
+def _atoms(seed=0):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.15, seed=seed)
+    return atoms
+
+
+def test_results_present(calculator):
+    atoms = _atoms()
+    atoms.calc = calculator
+    p = atoms.calc.get_property("reliability", atoms)
+    assert 0.0 < p < 1.0
+    importance = atoms.calc.get_property("importance", atoms)
+    assert importance.shape == (len(atoms),) and abs(importance.mean() - 1.0) < 1e-9
+    assert atoms.get_forces().shape == (len(atoms), 3)
+    assert atoms.get_stress().shape == (6,)
+
+
+def test_probability_invariant_to_rotation_translation_permutation(calculator):
+    atoms = _atoms(1)
+    atoms.calc = calculator
+    p = atoms.calc.get_property("reliability", atoms)
+    importance = atoms.calc.get_property("importance", atoms)
+    moved = atoms.copy()
+    moved.rotate(50, "y", rotate_cell=True)
+    moved.translate([1.0, 2.0, -0.5])
+    moved.calc = calculator
+    assert moved.calc.get_property("reliability", moved) == pytest.approx(p, abs=1e-10)
+    order = np.random.default_rng(1).permutation(len(atoms))
+    permuted = atoms[order]
+    permuted.calc = calculator
+    assert permuted.calc.get_property("reliability", permuted) == pytest.approx(p, abs=1e-10)
+    np.testing.assert_allclose(permuted.calc.get_property("importance", permuted), importance[order], atol=1e-9)
+
+
+def test_stress_matches_finite_difference(calculator):
+    atoms = _atoms(2)
+    atoms.calc = calculator
+    stress = atoms.get_stress(voigt=False)
+    step = 1e-5
+    volume = atoms.get_volume()
+    for i, j in [(0, 0), (1, 2)]:
+        energies = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            deformation = np.eye(3)
+            deformation[i, j] += sign * step
+            strained.set_cell(atoms.cell @ deformation, scale_atoms=True)
+            strained.calc = calculator
+            energies.append(strained.get_potential_energy())
+        # ASE convention: stress = (1/V) dE/d(strain)
+        numeric = (energies[0] - energies[1]) / (2 * step) / volume
+        assert numeric == pytest.approx(stress[i, j], abs=1e-5)
+
+
+def test_nan_positions_give_one_line_error(calculator):
+    atoms = _atoms()
+    atoms.positions[0, 0] = np.nan
+    atoms.calc = calculator
+    with pytest.raises(ValueError, match="NaN or infinite positions"):
+        atoms.get_potential_energy()

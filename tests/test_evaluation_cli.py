@@ -1,0 +1,82 @@
+"""End to end on tiny inputs: train a head, evaluate it with an ensemble, through the CLI."""
+
+import json
+
+import pytest
+
+from probe_md.cli.main import main
+from probe_md.evaluation import EvaluateRequest, evaluate, format_report
+from probe_md.pipeline import TrainRequest, train_probe
+from probe_md.training import TrainingConfig, load_head
+
+
+@pytest.fixture(scope="module")
+def trained_head(tiny_mace_path, cu_extxyz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("head") / "head.pt"
+    request = TrainRequest(
+        model_path=tiny_mace_path,
+        data_paths=[cu_extxyz],
+        output_path=out,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        training=TrainingConfig(max_epochs=5, validation_fraction=0.25, calibration_fraction=0.25),
+    )
+    _, info = train_probe(request)
+    return out, info
+
+
+def test_train_saves_everything_needed(trained_head, tiny_mace_path):
+    path, info = trained_head
+    head, loaded = load_head(path)
+    assert loaded.threshold == pytest.approx(info.threshold) and loaded.threshold > 0
+    assert loaded.feature_spec["feature_dim"] == head.config.feature_dim == 16
+    assert loaded.density is not None and loaded.training["epochs_run"] >= 1
+    assert loaded.metrics["reliable"] > 0 and loaded.metrics["unreliable"] > 0
+
+
+def test_evaluate_report_with_ensemble_and_plots(trained_head, tiny_mace_path, tiny_member_path, cu_extxyz, tmp_path):
+    path, _ = trained_head
+    report = evaluate(
+        EvaluateRequest(
+            model_path=tiny_mace_path,
+            head_path=path,
+            data_path=cu_extxyz,
+            ensemble_paths=[tiny_member_path],
+            plots_dir=tmp_path / "plots",
+        )
+    )
+    names = [row["name"] for row in report["methods"]]
+    assert names[0].startswith("PROBE") and any("ensemble K=2" in n for n in names)
+    assert any("density" in n for n in names)
+    assert 0 <= report["probe_calibration"]["ece"] <= 1
+    assert {p.split("/")[-1] for p in report["plots"]} == {
+        "risk_coverage.png", "reliability_diagram.png", "probability_vs_error.png"
+    }
+    assert "AUROC" in format_report(report)
+
+
+def test_cli_evaluate_json(trained_head, tiny_mace_path, cu_extxyz, tmp_path, capsys):
+    path, _ = trained_head
+    out = tmp_path / "report.json"
+    code = main(["evaluate", "--model", str(tiny_mace_path), "--head", str(path), "--data", str(cu_extxyz),
+                 "--json", str(out), "--no-cache"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["n_structures"] == 24 and "AUROC" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line(trained_head, tiny_mace_path, tiny_member_path, tmp_path, capsys):
+    path, _ = trained_head
+    code = main(["evaluate", "--model", str(tiny_mace_path), "--head", str(path),
+                 "--data", str(tmp_path / "missing.extxyz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "missing.extxyz does not exist" in err
+    # A head trained on another backbone is refused by hash.
+    code = main(["evaluate", "--model", str(tiny_member_path), "--head", str(path),
+                 "--data", str(tmp_path / "missing.extxyz")])
+    assert code == 2 and "another backbone" in capsys.readouterr().err
+
+
+def test_cli_train_bad_threshold(tiny_mace_path, cu_extxyz, tmp_path, capsys):
+    code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o",
+                 str(tmp_path / "h.pt"), "--threshold", "-1", "--no-cache"])
+    assert code == 2 and "threshold must be a positive" in capsys.readouterr().err
