@@ -10,8 +10,6 @@ forces back to their owners. With ghosts out to num_layers * r_max every local a
 its full receptive field, so local energies, forces and features are exact.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import tempfile
@@ -36,6 +34,20 @@ class FusedProbeMace(torch.nn.Module):
     so the engine side never needs to know the model's precision.
     """
 
+    # Self-description, readable from C++ as module.attr(name).
+    probe_md_format: str
+    species: List[str]
+    atomic_numbers: List[int]
+    num_elements: int
+    r_max: float
+    num_layers: int
+    model_dtype: str
+    num_heads: int
+    value_dim: int
+    threshold: float
+    temperature: float
+    criterion: str
+
     def __init__(
         self,
         mace_model: torch.nn.Module,
@@ -48,18 +60,18 @@ class FusedProbeMace(torch.nn.Module):
         self.head = head
         self.register_buffer("feature_columns", torch.tensor(feature_columns, dtype=torch.long))
         # Plain attributes so the C++ side reads them with module.attr(...), no JSON parser.
-        self.probe_md_format: str = FUSED_FORMAT
-        self.species: List[str] = list(metadata["species"])
-        self.atomic_numbers: List[int] = [int(z) for z in metadata["atomic_numbers"]]
-        self.num_elements: int = len(self.species)
-        self.r_max: float = float(metadata["r_max"])
-        self.num_layers: int = int(metadata["num_layers"])
-        self.model_dtype: str = str(metadata["dtype"])
-        self.num_heads: int = int(metadata["num_heads"])
-        self.value_dim: int = int(metadata["value_dim"])
-        self.threshold: float = float(metadata["threshold"])
-        self.temperature: float = float(metadata["temperature"])
-        self.criterion: str = str(metadata["criterion"])
+        self.probe_md_format = FUSED_FORMAT
+        self.species = list(metadata["species"])
+        self.atomic_numbers = [int(z) for z in metadata["atomic_numbers"]]
+        self.num_elements = len(self.species)
+        self.r_max = float(metadata["r_max"])
+        self.num_layers = int(metadata["num_layers"])
+        self.model_dtype = str(metadata["dtype"])
+        self.num_heads = int(metadata["num_heads"])
+        self.value_dim = int(metadata["value_dim"])
+        self.threshold = float(metadata["threshold"])
+        self.temperature = float(metadata["temperature"])
+        self.criterion = str(metadata["criterion"])
 
     def _model_dtype(self) -> torch.dtype:
         return torch.float64 if self.model_dtype == "float64" else torch.float32
@@ -90,9 +102,11 @@ class FusedProbeMace(torch.nn.Module):
         assert node_energy is not None
         assert node_feats is not None
         local_energy = node_energy[:n_local]
-        grad_outputs: List[Optional[Tensor]] = [torch.ones_like(local_energy.sum())]
+        total_local_energy = local_energy.sum()
+        grad_outputs: List[Optional[Tensor]] = [torch.ones_like(total_local_energy)]
+        # Gradient on every atom, ghosts included: LAMMPS adds ghost forces to their owners.
         gradient = torch.autograd.grad(
-            [local_energy.sum()], [pos], grad_outputs=grad_outputs, allow_unused=True
+            [total_local_energy], [pos], grad_outputs=grad_outputs, allow_unused=True
         )[0]
         if gradient is None:
             forces = torch.zeros_like(positions)

@@ -16,6 +16,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build-plugin": ("probe_md.cli.build_plugin_cmd", "build (or locate) the LAMMPS plugin and print its path"),
     "run": ("probe_md.cli.run_cmd", "run a LAMMPS input with reliability monitoring every N steps"),
     "demo": ("probe_md.cli.demo_cmd", "the embedded Cu default heated past melting, monitored by PROBE"),
+    "collect": ("probe_md.cli.collect_cmd", "gather flagged frames of MD runs into a diverse, duplicate-free pool"),
+    "label": ("probe_md.cli.label_cmd", "label a frame pool with a reference ASE calculator (resumable)"),
+    "retrain": ("probe_md.cli.retrain_cmd", "fine-tune MACE on old + new data, refit the PROBE head, export"),
 }
 
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 import re
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Final, Mapping, NamedTuple, Protocol, Sequence
+from typing import Final, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -163,11 +162,41 @@ def elements_from_masses(masses: Sequence[float]) -> list[str]:
 
 
 def lammps_cell(lmp) -> tuple[np.ndarray, np.ndarray, list[bool]]:
-    """(origin [3], cell rows [3,3] as ASE wants them, pbc) of the current box."""
-    boxlo, boxhi, xy, yz, xz, periodicity, _ = lmp.extract_box()
+    """(origin [3], cell rows [3,3] as ASE wants them, pbc) of the current box.
+
+    Read with extract_global, not extract_box: extract_box calls Domain::init(), which must
+    not run on one rank only in the middle of a step (it hangs the next step under MPI).
+    """
+    boxlo = lmp.extract_global("boxlo")
+    boxhi = lmp.extract_global("boxhi")
+    xy, yz, xz = (lmp.extract_global(name) for name in ("xy", "yz", "xz"))
+    periodicity = lmp.extract_global("periodicity")
     lengths = np.array(boxhi) - np.array(boxlo)
     cell = np.array([[lengths[0], 0.0, 0.0], [xy, lengths[1], 0.0], [xz, yz, lengths[2]]])
     return np.array(boxlo), cell, [bool(p) for p in periodicity]
+
+
+def gather_frame(lmp, comm, elements: Sequence[str], nlocal: int, tags, x, importances) -> dict | None:
+    """Gather every rank's atoms to rank 0, in atom-id order (independent of the domain
+    decomposition): species, positions (box origin at 0), cell, pbc, importances on rank 0;
+    None on the others. Collective: every rank must call it."""
+    types = np.array(lmp.numpy.extract_atom("type")[:nlocal], dtype=int)
+    importances = np.asarray(importances, dtype=float).reshape(-1)[:nlocal]
+    local = (np.array(tags[:nlocal], dtype=np.int64), types, np.array(x[:nlocal], dtype=float).reshape(-1, 3),
+             importances)
+    parts = comm.gather(local, root=0) if comm is not None else [local]
+    if parts is None:
+        return None
+    order = np.argsort(np.concatenate([p[0] for p in parts]))
+    types_all = np.concatenate([p[1] for p in parts])[order]
+    origin, cell, pbc = lammps_cell(lmp)
+    return {
+        "species": [elements[t - 1] for t in types_all],
+        "positions": np.concatenate([p[2] for p in parts])[order] - origin,
+        "cell": cell,
+        "importances": np.concatenate([p[3] for p in parts])[order],
+        "pbc": pbc,
+    }
 
 
 def _mpi_comm():
@@ -227,7 +256,14 @@ class MonitoredRun:
         self.restart_path: Path | None = None
 
     def command(self, text: str) -> None:
-        self.lmp.command(text)
+        """One LAMMPS command; a LAMMPS error becomes a one-line RuntimeError naming the command."""
+        try:
+            self.lmp.command(text)
+        except Exception as error:  # the lammps module raises plain Exception("ERROR: ...")
+            if self.error is not None:  # the hook failed inside this command: that is the news
+                raise self.error from None
+            message = " ".join(str(error).split())
+            raise RuntimeError(f"LAMMPS stopped at `{' '.join(text.split())}`: {message}") from None
 
     # --- hook ---------------------------------------------------------------------------
     def install(self) -> None:
@@ -254,44 +290,38 @@ class MonitoredRun:
         self.installed = True
 
     def _callback(self, caller, step, nlocal, tags, x, fext) -> None:
-        # ctypes swallows exceptions raised in callbacks: keep the first, stop the run, re-raise later.
-        fext[:] = 0.0
+        fext[:] = 0.0  # the fix only observes: it adds no force
+        if step <= self.last_checked_step:  # the setup of a second `run` repeats the last step
+            return
+        self.last_checked_step = step
+        # ctypes swallows exceptions raised in callbacks: keep the first, stop the run on
+        # every rank, and re-raise it after the run.
+        failed = False
         try:
-            if step <= self.last_checked_step:  # the setup of a second `run` repeats the last step
-                return
-            self.last_checked_step = step
-            self._check(step, nlocal, tags, x)
+            halt = self._check(step, nlocal, tags, x)
         except BaseException as error:  # noqa: BLE001 - re-raised after the run
             if self.error is None:
                 self.error = error
-            self.lmp.set_internal_variable(STOP_VARIABLE, 1)
-
-    def _check(self, step, nlocal, tags, x) -> None:
-        reading = self.source.read(self.lmp, self.comm)
-        decision = self.monitor.check(step, reading.probability, reading.logit)
-        halt = decision.halt
-        if self.comm is not None:
-            halt = bool(self.comm.allreduce(int(halt), op=_mpi_max()))
-        if decision.dump:
-            self._write_frame(decision, nlocal, tags, x, reading.importances)
+            halt = failed = True
+        if self.comm is not None:  # one rank's halt or failure stops all of them
+            halt, failed_anywhere = self.comm.allreduce((int(halt), int(failed)), op=_mpi_max_pair)
+            if failed_anywhere and self.error is None:
+                self.error = RuntimeError(f"the PROBE monitoring hook failed on another rank at step {step}")
         if halt:
             self.lmp.set_internal_variable(STOP_VARIABLE, 1)
 
+    def _check(self, step, nlocal, tags, x) -> bool:
+        """Read, decide, dump; returns this rank's halt decision."""
+        reading = self.source.read(self.lmp, self.comm)
+        decision = self.monitor.check(step, reading.probability, reading.logit)
+        if decision.dump:
+            self._write_frame(decision, nlocal, tags, x, reading.importances)
+        return decision.halt
+
     def _write_frame(self, decision, nlocal, tags, x, importances) -> None:
-        types = np.array(self.lmp.numpy.extract_atom("type")[:nlocal], dtype=int)
-        local = (np.array(tags[:nlocal], dtype=np.int64), types, np.array(x[:nlocal], dtype=float),
-                 np.resize(np.asarray(importances, dtype=float), nlocal) if nlocal else np.zeros(0))
-        parts = self.comm.gather(local, root=0) if self.comm is not None else [local]
-        if self.rank != 0:
-            return
-        tags_all = np.concatenate([p[0] for p in parts])
-        order = np.argsort(tags_all)  # atom-id order, independent of the domain decomposition
-        types_all = np.concatenate([p[1] for p in parts])[order]
-        positions = np.concatenate([p[2] for p in parts])[order]
-        importances_all = np.concatenate([p[3] for p in parts])[order]
-        origin, cell, pbc = lammps_cell(self.lmp)
-        species = [self.elements[t - 1] for t in types_all]
-        self.monitor.write_frame(decision, species, positions - origin, cell, importances_all, pbc)
+        frame = gather_frame(self.lmp, self.comm, self.elements, nlocal, tags, x, importances)
+        if frame is not None:
+            self.monitor.write_frame(decision, **frame)
 
     # --- running the input ----------------------------------------------------------------
     def run_commands(self, commands: Sequence[str]) -> None:
@@ -342,16 +372,17 @@ class MonitoredRun:
                 "lammps_log": str(self.out_dir / LAMMPS_LOG_FILE),
             }
         )
-        return self.monitor.finish(print_summary=print_summary)
+        summary = self.monitor.finish(print_summary=print_summary)
+        # rank 0 counted the frames it wrote; every rank returns its summary
+        return self.comm.bcast(summary, root=0) if self.comm is not None else summary
 
     def close(self) -> None:
         self.lmp.close()
 
 
-def _mpi_max():
-    from mpi4py import MPI
-
-    return MPI.MAX
+def _mpi_max_pair(a, b):
+    """Element-wise max of two tuples (the reduction of (halt, failed) flags over ranks)."""
+    return tuple(max(x, y) for x, y in zip(a, b))
 
 
 def _import_lammps():
@@ -388,7 +419,8 @@ def run_lammps_input(
 
     `source` defaults to the plugin's probe/reliability compute (the input's own if it defines
     one); `elements` maps atom types 1..n to symbols (default: guessed from the masses);
-    `preamble` are commands run before the input (the demo uses it to load the plugin).
+    `preamble` are commands run before the input (e.g. `plugin load`, added automatically
+    when the input uses probe/mace styles without loading the plugin).
     """
     input_path = Path(input_path)
     if not input_path.is_file():
@@ -411,5 +443,8 @@ def run_lammps_input(
             run.command(command)
         run.run_commands(commands)
         return run.finish(print_summary=print_summary)
+    except BaseException:
+        run.monitor.finish(print_summary=False)  # keep the log, plot and summary of what ran
+        raise
     finally:
         run.close()

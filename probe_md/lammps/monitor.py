@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, Sequence
 
@@ -141,7 +141,9 @@ def frame_extxyz_text(
         raise ValueError(f"{importances.shape[0]} importances for a frame of {len(atoms)} atoms")
     atoms.arrays[ARRAY_IMPORTANCE] = importances
     buffer = io.StringIO()
-    ase.io.write(buffer, atoms, format="extxyz")
+    # parallel=False: by default ase.io.write under MPI is a collective (rank 0 writes, then
+    # broadcasts), which deadlocks when only the writing rank calls it.
+    ase.io.write(buffer, atoms, format="extxyz", parallel=False)
     return buffer.getvalue()
 
 
@@ -329,15 +331,16 @@ class ReliabilityMonitor:
 def format_summary(summary: dict) -> str:
     """A few human-readable lines."""
     min_rel = summary["min_reliability"]
+    first = summary["first_flagged_step"]
     lines = [
         f"PROBE monitor: {summary['checks']} checks (steps {summary['first_step']}..{summary['last_step']}), "
-        f"{summary['flagged_checks']} flagged (first at step {summary['first_flagged_step']}), "
-        f"min reliability {'n/a' if min_rel is None else f'{min_rel:.3f}'}",
+        f"{summary['flagged_checks']} flagged" + (f" (first at step {first})" if first is not None else "")
+        + f", min reliability {'n/a' if min_rel is None else f'{min_rel:.3f}'}",
         f"  frames written: {summary['frames_written']}; "
         + (f"halted at step {summary['halt_step']}" if summary["halted"] else "ran to completion"),
     ]
     for key in ("restart", "steps_per_second", "wall_seconds"):
-        if key in summary:
+        if summary.get(key) is not None:
             lines.append(f"  {key.replace('_', ' ')}: {summary[key]}")
     for name, path in (summary.get("files") or {}).items():
         if path:

@@ -202,42 +202,64 @@ void PairProbeMace::compute(int eflag, int vflag)
 
   torch::Tensor scores, values;
   if (nlocal > 0) {
-    // Graph over local + ghost atoms from the full neighbour list (ghosts included).
+    // Graph over local and ghost atoms from the full neighbour list (ghosts included), pruned
+    // to what the local energies depend on: atoms within num_layers hops of a local atom, and
+    // only edges into atoms within num_layers - 1 hops (an atom num_layers hops away only
+    // contributes its embedding). Local atoms keep indices 0..nlocal-1.
     const double cutsq_model = r_max * r_max;
-    const int ntotal = list->inum + list->gnum;
-    std::vector<int64_t> senders, receivers;
-    senders.reserve(static_cast<size_t>(ntotal) * 64);
-    receivers.reserve(static_cast<size_t>(ntotal) * 64);
-    for (int ii = 0; ii < ntotal; ii++) {
-      const int i = list->ilist[ii];
+    auto within_cutoff = [&](int i, int j) {
+      const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
+      return dx * dx + dy * dy + dz * dz < cutsq_model;
+    };
+    hop.assign(nall, -1);
+    node_of_atom.assign(nall, -1);
+    atom_of_node.clear();
+    for (int i = 0; i < nlocal; i++) {
+      hop[i] = 0;
+      node_of_atom[i] = i;
+      atom_of_node.push_back(i);
+    }
+    senders.clear();
+    receivers.clear();
+    for (size_t k = 0; k < atom_of_node.size(); k++) {    // breadth-first: grows while iterating
+      const int i = atom_of_node[k];
+      if (hop[i] >= num_layers) continue;
       const int *jlist = list->firstneigh[i];
       const int jnum = list->numneigh[i];
       for (int jj = 0; jj < jnum; jj++) {
         const int j = jlist[jj] & NEIGHMASK;
-        const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
-        if (dx * dx + dy * dy + dz * dz < cutsq_model) {
-          senders.push_back(j);
-          receivers.push_back(i);
+        if (!within_cutoff(i, j)) continue;
+        if (hop[j] < 0) {
+          hop[j] = hop[i] + 1;
+          node_of_atom[j] = static_cast<int>(atom_of_node.size());
+          atom_of_node.push_back(j);
         }
+        senders.push_back(node_of_atom[j]);
+        receivers.push_back(static_cast<int64_t>(k));
       }
     }
+    const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
     const int64_t nedges = static_cast<int64_t>(senders.size());
-    std::vector<int64_t> species_index(nall);
-    for (int i = 0; i < nall; i++) {
-      species_index[i] = type_to_species[type[i]];
-      if (species_index[i] < 0)
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    torch::Tensor positions = torch::empty({nnodes, 3}, f64);
+    torch::Tensor species_index = torch::empty({nnodes}, i64);
+    double *pos = positions.data_ptr<double>();
+    int64_t *spec = species_index.data_ptr<int64_t>();
+    for (int64_t k = 0; k < nnodes; k++) {
+      const int i = atom_of_node[k];
+      pos[3 * k] = x[i][0];
+      pos[3 * k + 1] = x[i][1];
+      pos[3 * k + 2] = x[i][2];
+      spec[k] = type_to_species[type[i]];
+      if (spec[k] < 0)
         error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff",
                    type[i]);
     }
-    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
     torch::Tensor edge_index = torch::empty({2, nedges}, i64);
     std::memcpy(edge_index[0].data_ptr<int64_t>(), senders.data(), nedges * sizeof(int64_t));
     std::memcpy(edge_index[1].data_ptr<int64_t>(), receivers.data(), nedges * sizeof(int64_t));
-    torch::Tensor positions =
-        torch::from_blob(x[0], {nall, 3}, torch::TensorOptions().dtype(torch::kFloat64));
-    std::vector<torch::jit::IValue> inputs{positions.to(device, /*non_blocking=*/false, true),
-                                           torch::from_blob(species_index.data(), {nall}, i64)
-                                               .to(device, false, true),
+    std::vector<torch::jit::IValue> inputs{positions.to(device), species_index.to(device),
                                            edge_index.to(device), static_cast<int64_t>(nlocal)};
 
     torch::Tensor node_energy, forces;
@@ -263,10 +285,11 @@ void PairProbeMace::compute(int eflag, int vflag)
     auto energy_of = node_energy.accessor<double, 1>();
     auto force_of = forces.accessor<double, 2>();
 
-    for (int i = 0; i < nall; i++) {
-      f[i][0] += force_of[i][0];
-      f[i][1] += force_of[i][1];
-      f[i][2] += force_of[i][2];
+    for (int64_t k = 0; k < nnodes; k++) {
+      const int i = atom_of_node[k];
+      f[i][0] += force_of[k][0];
+      f[i][1] += force_of[k][1];
+      f[i][2] += force_of[k][2];
     }
     if (eflag_global)
       for (int i = 0; i < nlocal; i++) eng_vdwl += energy_of[i];

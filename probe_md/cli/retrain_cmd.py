@@ -1,0 +1,101 @@
+"""`probe-md retrain`: fine-tune MACE (mace_run_train) on old + new data, refit the PROBE head, export.
+
+Fine-tuning needs the pickled mace-torch model (`NAME.model`, written by mace_run_train when
+the model was trained), not the TorchScript `.pt` that probe-md ships and runs: point
+--foundation-model at it. For the embedded Cu default, examples/default_cu/work/ holds it
+after examples/default_cu has been run, and the Cu data sets there are used by default.
+Each round writes `retrained.model` into OUT, the --foundation-model of the next round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from probe_md.cli.common import add_reference_key_arguments, reference_keys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--new-data", type=Path, nargs="+", required=True,
+                        help="newly labelled frames (output of `probe-md label`)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--foundation-model", type=Path, default=None,
+                        help="pickled mace-torch .model to fine-tune (default: the embedded Cu model's, "
+                             "if examples/default_cu/work holds it); you must trust it: unpickling runs code")
+    parser.add_argument("--before-model", type=Path, default=None,
+                        help="TorchScript of the model in use, for the 'before' errors (default: the foundation)")
+    parser.add_argument("--old-data", type=Path, nargs="*", default=None,
+                        help="the MLIP's original training data, replayed against forgetting")
+    parser.add_argument("--valid-data", type=Path, default=None,
+                        help="the MLIP's validation data (also sets the head threshold: 2 x its RMS error)")
+    parser.add_argument("--head-data", type=Path, nargs="*", default=None,
+                        help="PROBE head training pool; without it the head is not refitted")
+    parser.add_argument("--max-old", type=int, default=None, help="replay at most this many old frames")
+    parser.add_argument("--holdout-fraction", type=float, default=0.25,
+                        help="new frames held out of training to report an honest error (default 0.25)")
+    parser.add_argument("--epochs", type=int, default=5, help="mace_run_train --max_num_epochs (default 5)")
+    parser.add_argument("--batch-size", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threshold", type=float, default=None, help="head error threshold (eV/Å)")
+    parser.add_argument("--head-max-epochs", type=int, default=None)
+    parser.add_argument("--no-export", action="store_true", help="do not write the fused model")
+    parser.add_argument("--mace-args", default="",
+                        help="extra mace_run_train flags, quoted as one string (e.g. '--swa --ema')")
+    add_reference_key_arguments(parser)
+
+
+def _default_cu_file(name: str) -> list[Path]:
+    from probe_md.loop.retrain import DEFAULT_CU_WORK
+
+    path = DEFAULT_CU_WORK / name
+    return [path] if path.is_file() else []
+
+
+def run(args: argparse.Namespace) -> int:
+    from probe_md.loop import run_on_rank_zero
+
+    return run_on_rank_zero(lambda: _retrain(args))
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from probe_md.loop.retrain import RetrainConfig, default_foundation_model, format_report, retrain
+
+    using_default = args.foundation_model is None
+    foundation = default_foundation_model() if using_default else args.foundation_model
+    old_data, valid_data, head_data, before_model = args.old_data, args.valid_data, args.head_data, args.before_model
+    if using_default:  # the embedded Cu default: its own data sets and TorchScript file
+        from probe_md import defaults
+
+        old_data = old_data if old_data is not None else _default_cu_file("mlip_train.extxyz")
+        valid_data = valid_data or next(iter(_default_cu_file("mlip_valid.extxyz")), None)
+        head_data = head_data if head_data is not None else _default_cu_file("head_pool.extxyz")
+        before_model = before_model or defaults.default_model_path()
+    config = RetrainConfig(
+        foundation_model=foundation,
+        new_data=args.new_data,
+        out_dir=args.out,
+        old_data=old_data or (),
+        valid_data=valid_data,
+        head_data=head_data or (),
+        before_model=before_model,
+        max_old_frames=args.max_old,
+        holdout_fraction=args.holdout_fraction,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        head_threshold=args.threshold,
+        head_max_epochs=args.head_max_epochs,
+        export=not args.no_export,
+        extra_mace_args=shlex.split(args.mace_args),
+        keys=reference_keys(args),
+    )
+    report = retrain(config)
+    print(format_report(report))
+    return 0

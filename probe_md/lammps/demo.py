@@ -1,0 +1,202 @@
+"""The demo: fcc Cu heated from 300 K past melting in LAMMPS, monitored by PROBE.
+
+The crystal is what the embedded MACE was trained on; the melt is not. As the run heats,
+the reliability falls, flagged frames are written with per-atom importances, and after
+`patience` consecutive flagged checks the run halts with a restart file.
+
+The demo writes its LAMMPS input (demo.in) into the output folder and runs it through the
+same driver as `probe-md run`, so what it does can be repeated with plain `lmp` + plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from probe_md.lammps.monitor import ensure_writable_dir
+
+CU_MASS: Final[float] = 63.546
+CU_FCC_A: Final[float] = 3.615  # Å
+INPUT_FILE: Final[str] = "demo.in"
+FUSED_FILE: Final[str] = "cu_fused.pt"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's physics and monitoring settings."""
+
+    repeat: int = 3  # fcc cubic cells per side: 4 * repeat**3 atoms (108)
+    steps: int = 600  # MD steps of the heating ramp (~1 step/s on 2 CPU cores for 108 atoms)
+    timestep_ps: float = 0.002
+    thermostat_damping_ps: float = 0.05  # short, so the temperature follows the fast ramp
+    t_start_k: float = 300.0
+    t_end_k: float = 2500.0
+    every: int = 10
+    threshold: float = 0.5
+    patience: int = 3
+    on_drop: tuple[str, ...] = ("dump", "halt")
+    seed: int = 4928459
+
+
+def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
+    """The fused model to run: shipped file, else exported from the shipped MACE + head
+    into out_dir, else a tiny random model (its reliability means nothing). Returns (path, kind)."""
+    from probe_md import defaults
+
+    shipped = defaults.DEFAULT_DIR / defaults.FUSED_FILE
+    if shipped.is_file():
+        return shipped, "default"
+    target = out_dir / FUSED_FILE
+    try:
+        mace_path, head_path = defaults.default_model_path(), defaults.default_head_path()
+    except FileNotFoundError:
+        say("probe-md demo: the embedded Cu model is not in this install; using a TINY RANDOM model "
+            "(the run works, its reliability is meaningless)")
+        return random_fused_model(target), "random"
+    from probe_md.export import export_fused_model
+
+    export_fused_model(mace_path, head_path, target)
+    return target, "default"
+
+
+def random_fused_model(target: Path, seed: int = 0) -> Path:
+    """A tiny random MACE + random PROBE head, fused (for running without the default files)."""
+    import torch
+
+    from probe_md.backbone.mace import save_mace_model
+    from probe_md.backbone.mace_factory import build_mace_model
+    from probe_md.export import export_fused_model
+    from probe_md.head import HeadConfig, ProbeHead
+    from probe_md.training import HeadInfo, save_head
+
+    mace_path, head_path = target.with_suffix(".mace.pt"), target.with_suffix(".head.pt")
+    metadata = save_mace_model(build_mace_model(seed=seed), mace_path)
+    torch.manual_seed(seed)
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns)))
+    save_head(head.eval(), HeadInfo(criterion="random", threshold=0.0, backbone_fingerprint="random"), head_path)
+    export_fused_model(mace_path, head_path, target)
+    return target
+
+
+def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in_thermo: bool) -> str:
+    """The LAMMPS input of the demo (the driver adds the monitoring fixes before `run`)."""
+    r = config.repeat
+    thermo_every = config.every * max(1, config.steps // (20 * config.every))
+    lines = [
+        f"# probe-md demo: {4 * r**3}-atom fcc Cu, NVT ramp {config.t_start_k:g} K -> {config.t_end_k:g} K",
+        "units metal",
+        "atom_style atomic",
+        "boundary p p p",
+        f"lattice fcc {CU_FCC_A}",
+        f"region box block 0 {r} 0 {r} 0 {r}",
+        "create_box 1 box",
+        "create_atoms 1 box",
+        f"mass 1 {CU_MASS}",
+        *pair_commands,
+        f"timestep {config.timestep_ps}",
+        f"velocity all create {config.t_start_k} {config.seed} mom yes rot yes dist gaussian",
+        f"fix nvt all nvt temp {config.t_start_k} {config.t_end_k} {config.thermostat_damping_ps}",
+    ]
+    if reliability_in_thermo:
+        # thermo on multiples of `every`: the compute is only valid on scored steps
+        lines += [
+            f"compute probe_rel all probe/reliability every {config.every}",
+            "thermo_style custom step temp pe etotal press c_probe_rel[1] c_probe_rel[2]",
+        ]
+    lines += [f"thermo {thermo_every}", f"run {config.steps}", ""]
+    return "\n".join(lines)
+
+
+def plugin_available(say=print) -> bool:
+    """True when the PROBE plugin is built or can be built now."""
+    try:
+        from probe_md.lammps.build import plugin_path
+
+        plugin_path(build=True)
+        return True
+    except Exception as error:  # noqa: BLE001 - any failure means: use the stand-in
+        say(f"probe-md demo: the LAMMPS plugin is unavailable ({str(error).splitlines()[0]})")
+        return False
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "probe_demo",
+    config: DemoConfig = DemoConfig(),
+    backend: str = "auto",
+    screen: bool = False,
+    comm="auto",
+) -> dict:
+    """Run the demo; backend 'plugin' (MACE + PROBE), 'stand-in' (SNAP + thermal stand-in,
+    no MLIP: for development only) or 'auto' (plugin, else stand-in)."""
+    from probe_md.lammps.driver import ThermalStandIn, _mpi_comm, run_lammps_input
+    from probe_md.reference.cu_snap import cu_snap_lammps_commands
+
+    if comm == "auto":
+        comm = _mpi_comm()
+    rank = comm.Get_rank() if comm is not None else 0
+    say = print if rank == 0 else (lambda *a, **k: None)
+    out_dir = Path(out_dir)
+    if backend not in ("auto", "plugin", "stand-in"):
+        raise ValueError(f"unknown demo backend {backend!r}: use auto, plugin or stand-in")
+    problem = None
+    if rank == 0:
+        try:
+            ensure_writable_dir(out_dir)
+        except PermissionError as error:
+            problem = str(error)
+    if comm is not None:
+        problem = comm.bcast(problem, root=0)
+    if problem:
+        raise PermissionError(problem)
+
+    if backend == "auto":
+        ok = plugin_available(say) if rank == 0 else None
+        backend = "plugin" if (comm.bcast(ok, root=0) if comm is not None else ok) else "stand-in"
+    model_kind = "none"
+    if backend == "plugin":
+        # rank 0 exports the model once; the others wait for it
+        fused = resolve_fused_model(out_dir, say) if rank == 0 else None
+        fused, model_kind = comm.bcast(fused, root=0) if comm is not None else fused
+        pair_commands = [f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
+        source = None  # the input's own compute probe/reliability
+    else:
+        say("probe-md demo: STAND-IN backend: SNAP Cu forces and a temperature-based fake "
+            "reliability (no MLIP, no PROBE); shows the monitoring machinery only")
+        pair_commands = cu_snap_lammps_commands()
+        source = ThermalStandIn()
+    input_path = out_dir / INPUT_FILE
+    if rank == 0:
+        input_path.write_text(demo_input_text(config, pair_commands, backend == "plugin"))
+    if comm is not None:
+        comm.Barrier()
+    say(f"probe-md demo: {4 * config.repeat**3} Cu atoms, {config.t_start_k:g} K -> {config.t_end_k:g} K "
+        f"over {config.steps} steps, scored every {config.every}; input {input_path}")
+    start = time.perf_counter()
+    summary = run_lammps_input(
+        input_path,
+        every=config.every,
+        threshold=config.threshold,
+        patience=config.patience,
+        on_drop=config.on_drop,
+        out_dir=out_dir,
+        source=source,
+        elements=["Cu"],
+        comm=comm,
+        screen=screen,
+        print_summary=False,
+    )
+    summary.update({"backend": backend, "model": model_kind, "demo_config": asdict(config),
+                    "total_wall_seconds": round(time.perf_counter() - start, 2)})
+    if rank == 0:
+        from probe_md.lammps.monitor import SUMMARY_FILE, atomic_write_bytes, format_summary
+        import json
+
+        atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+        print(format_summary(summary), file=sys.stdout, flush=True)
+        print(f"  backend: {backend} (model: {model_kind}); total wall time {summary['total_wall_seconds']} s",
+              flush=True)
+    return summary

@@ -1,0 +1,217 @@
+"""Gather flagged frames from MD runs and pick a diverse, duplicate-free pool to label.
+
+Each run folder written by `probe-md run`/`demo` holds `flagged.extxyz` (see
+`probe_md.lammps.monitor`). Frames are described in the frozen feature space of the MACE
+backbone by the per-structure mean and max of the invariant per-atom features; exact
+copies (same numbers, positions, cell) are dropped by hash, then farthest-point sampling
+picks frames one by one, starting from the least reliable, each as far as possible from
+those already picked. Frames closer than `min_distance` to a picked one are near-duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Sequence
+
+import ase
+import ase.io
+import numpy as np
+
+from probe_md.backbone.base import Backbone, StructurePrediction
+from probe_md.features import predict_dataset
+from probe_md.lammps.monitor import FLAGGED_FILE, INFO_RELIABILITY
+
+# provenance written into every collected frame's info (step/reliability/logit come from the run)
+INFO_RUN: Final[str] = "run"  # str, the run folder (or file) the frame was read from
+INFO_COLLECT_ORDER: Final[str] = "collect_order"  # int, 0 = picked first by farthest-point sampling
+
+# Frames whose descriptors differ by less than this (RMS over descriptor columns, in units of
+# each feature's spread over the pooled atoms) count as the same configuration.
+DEFAULT_MIN_DISTANCE: Final[float] = 0.01
+POSITION_DECIMALS: Final[int] = 6  # Å; exact-duplicate hashing ignores float noise below 1e-6 Å
+
+
+@dataclass
+class CollectResult:
+    """What `collect_flagged` read, dropped and kept."""
+
+    frames: list[ase.Atoms]  # selected, in selection order, provenance in info
+    read: int  # frames read from all runs
+    exact_duplicates: int  # dropped by hash
+    near_duplicates: int  # dropped by min_distance
+    not_selected: int  # distinct frames left out because of max_frames
+    frames_per_run: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"read {self.read} flagged frames from {len(self.frames_per_run)} run(s); dropped "
+            f"{self.exact_duplicates} exact and {self.near_duplicates} near duplicates; "
+            f"{self.not_selected} distinct frames not selected (--max); kept {len(self.frames)}"
+        )
+
+
+def flagged_path(run: str | os.PathLike) -> Path:
+    """A run folder's flagged-frames file; a file path is taken as the frames file itself."""
+    run = Path(run)
+    return run / FLAGGED_FILE if run.is_dir() else run
+
+
+def read_flagged_frames(run: str | os.PathLike) -> tuple[list[ase.Atoms], str | None]:
+    """The complete frames of one run (with `info['run']`), and a warning when something was off.
+
+    A run that flagged nothing has no flagged file: that is an empty list, not an error.
+    A torn last frame (a run killed mid-write) is skipped with a warning.
+    """
+    run = Path(run)
+    if not run.exists():
+        raise FileNotFoundError(f"run folder {run} does not exist")
+    path = flagged_path(run)
+    if not path.is_file() or path.stat().st_size == 0:
+        return [], f"{run}: no flagged frames ({path.name} absent or empty)"
+    frames: list[ase.Atoms] = []
+    warning = None
+    try:
+        for atoms in ase.io.iread(path, index=":", format="extxyz"):
+            frames.append(atoms)
+    except Exception as error:  # ase raises many types for a torn or malformed frame
+        warning = f"{path}: stopped reading after {len(frames)} frames ({type(error).__name__}: {error})"
+    for atoms in frames:
+        atoms.info.setdefault(INFO_RUN, str(run))
+    return frames, warning
+
+
+def structure_key(atoms: ase.Atoms, decimals: int = POSITION_DECIMALS) -> str:
+    """Hash of species, positions (rounded), cell and pbc: equal for copies of one frame."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+    # + 0.0 turns -0.0 into 0.0 so rounding noise around zero hashes alike
+    digest.update(np.ascontiguousarray(np.round(atoms.positions, decimals) + 0.0).tobytes())
+    digest.update(np.ascontiguousarray(np.round(atoms.cell.array, decimals) + 0.0).tobytes())
+    digest.update(np.ascontiguousarray(atoms.pbc, dtype=bool).tobytes())
+    return digest.hexdigest()
+
+
+def pooled_descriptors(predictions: Sequence[StructurePrediction]) -> np.ndarray:
+    """[n_structures, 2F]: mean and max over atoms of the invariant features, each feature
+    divided by its standard deviation over all pooled atoms so no channel dominates."""
+    stacked = np.concatenate([p.features for p in predictions])
+    scale = stacked.std(axis=0)
+    scale = np.where(scale > 1e-12 * max(scale.max(), 1e-300), scale, 1.0)  # constant channels
+    rows = [
+        np.concatenate([p.features.mean(axis=0) / scale, p.features.max(axis=0) / scale])
+        for p in predictions
+    ]
+    return np.asarray(rows)
+
+
+def farthest_point_sampling(
+    descriptors: np.ndarray,
+    max_count: int | None = None,
+    min_distance: float = 0.0,
+    start: int = 0,
+) -> tuple[list[int], np.ndarray]:
+    """Greedy farthest-point order over rows of `descriptors`.
+
+    Returns (selected indices in selection order, distance of every row to its nearest
+    selected row). Stops after `max_count` picks or when every remaining row lies within
+    `min_distance` of a selected one. Distances are RMS over columns (Euclidean / sqrt(D)).
+    """
+    descriptors = np.asarray(descriptors, dtype=float)
+    n = len(descriptors)
+    if n == 0:
+        return [], np.zeros(0)
+    if not 0 <= start < n:
+        raise ValueError(f"start index {start} outside 0..{n - 1}")
+    limit = n if max_count is None else min(int(max_count), n)
+    width = np.sqrt(max(descriptors.shape[1], 1))
+    selected = [start]
+    nearest = np.linalg.norm(descriptors - descriptors[start], axis=1) / width
+    while len(selected) < limit:
+        candidate = int(np.argmax(nearest))
+        if nearest[candidate] < min_distance or nearest[candidate] == 0.0:
+            break
+        selected.append(candidate)
+        nearest = np.minimum(nearest, np.linalg.norm(descriptors - descriptors[candidate], axis=1) / width)
+    return selected, nearest
+
+
+def collect_flagged(
+    runs: Sequence[str | os.PathLike],
+    backbone: Backbone,
+    max_frames: int | None = None,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
+    progress: bool = True,
+) -> CollectResult:
+    """Read every run's flagged frames, drop duplicates and keep a diverse subset."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max must be a positive number of frames, got {max_frames}")
+    if min_distance < 0:
+        raise ValueError(f"--min-distance must be >= 0, got {min_distance}")
+    frames: list[ase.Atoms] = []
+    per_run: dict[str, int] = {}
+    warnings: list[str] = []
+    for run in runs:
+        run_frames, warning = read_flagged_frames(run)
+        per_run[str(run)] = len(run_frames)
+        frames.extend(run_frames)
+        if warning:
+            warnings.append(warning)
+    if not frames:
+        raise ValueError(f"no flagged frames in {', '.join(map(str, runs))}: nothing to collect")
+
+    unique: list[ase.Atoms] = []
+    seen: set[str] = set()
+    for atoms in frames:
+        key = structure_key(atoms)
+        if key not in seen:
+            seen.add(key)
+            unique.append(atoms)
+
+    predictions = predict_dataset(backbone, unique, description="collect features", progress=progress)
+    descriptors = pooled_descriptors(predictions)
+    reliabilities = np.array([float(a.info.get(INFO_RELIABILITY, np.inf)) for a in unique])
+    start = int(np.argmin(reliabilities)) if np.isfinite(reliabilities).any() else 0
+    # Without a cap, FPS runs until only near-duplicates are left: that is the de-duplication.
+    distinct, _ = farthest_point_sampling(descriptors, None, min_distance, start)
+    selected = distinct if max_frames is None else distinct[:max_frames]
+
+    chosen = []
+    for order, index in enumerate(selected):
+        atoms = unique[index].copy()
+        atoms.info[INFO_COLLECT_ORDER] = order
+        chosen.append(atoms)
+    return CollectResult(
+        frames=chosen,
+        read=len(frames),
+        exact_duplicates=len(frames) - len(unique),
+        near_duplicates=len(unique) - len(distinct),
+        not_selected=len(distinct) - len(selected),
+        frames_per_run=per_run,
+        warnings=warnings,
+    )
+
+
+def write_extxyz_atomic(path: str | os.PathLike, structures: Sequence[ase.Atoms]) -> Path:
+    """Write an extxyz file via temp file + fsync + rename: never half a file on disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    ase.io.write(buffer, list(structures), format="extxyz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+

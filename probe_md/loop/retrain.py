@@ -1,0 +1,363 @@
+"""Fine-tune MACE on old + newly labelled data, convert it, refit the PROBE head, export, report.
+
+Training is mace-torch's own `mace_run_train` (run as a subprocess with
+`--foundation_model=<pickled .model>`), not a trainer of ours. Shipped MACE files are
+TorchScript, which `mace_run_train` cannot fine-tune: it needs the pickled python model that
+the original training wrote (`<name>.model` in its work folder). The retrained pickled model
+is kept as `retrained.model`, so the next loop iteration fine-tunes from it.
+
+Outputs in `out_dir`:
+  data/train.extxyz, data/new_holdout.extxyz   what MACE was trained on / held out for the report
+  mace/                                        mace_run_train's work folder (logs, checkpoints)
+  retrained.model                              pickled mace-torch model (the next --foundation-model)
+  model.pt                                     TorchScript backbone (probe_md.backbone.mace format)
+  head.pt, fused.pt                            refitted PROBE head and the fused LAMMPS model
+  retrain_report.json                          before/after errors and the file list
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final, Sequence
+
+import ase
+import numpy as np
+
+from probe_md.loop.collect import write_extxyz_atomic
+from probe_md.structures import ReferenceKeys, read_structures
+
+REPORT_FILE: Final[str] = "retrain_report.json"
+RETRAINED_PICKLE: Final[str] = "retrained.model"
+MACE_RUN_NAME: Final[str] = "retrained"
+# Where examples/default_cu trains the embedded default (relative to the repository root).
+DEFAULT_CU_WORK: Final[Path] = Path(__file__).resolve().parents[2] / "examples" / "default_cu" / "work"
+# examples/default_cu/train_mace.py trains the main model (seed 1) in work/mace/seed1/.
+DEFAULT_CU_PICKLES: Final[tuple[str, ...]] = ("mace/seed1/cu_mace_seed1.model", "cu_mace.model")
+
+
+@dataclass
+class RetrainConfig:
+    """Inputs and hyper-parameters of one retraining round."""
+
+    foundation_model: Path  # pickled mace-torch .model to fine-tune (trusted: unpickling runs code)
+    new_data: Sequence[Path]  # newly labelled frames (probe-md label output)
+    out_dir: Path
+    old_data: Sequence[Path] = ()  # the MLIP's training data, replayed against forgetting
+    valid_data: Path | None = None  # MLIP validation data (also sets the head's threshold)
+    head_data: Sequence[Path] = ()  # PROBE head training pool; the new frames are added to it
+    before_model: Path | None = None  # TorchScript of the model in use (default: the foundation)
+    max_old_frames: int | None = None  # random subset of old_data, for speed
+    holdout_fraction: float = 0.25  # new frames kept out of training to report an honest error
+    epochs: int = 5
+    batch_size: int = 5
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    head_threshold: float | None = None  # None: 2 x RMS error on valid_data (probe-md train's rule)
+    head_max_epochs: int | None = None
+    export: bool = True
+    extra_mace_args: Sequence[str] = ()  # passed to mace_run_train verbatim (they win)
+    keys: ReferenceKeys = field(default_factory=ReferenceKeys)
+
+
+# ----------------------------------------------------------------------------- locating inputs
+def default_foundation_model() -> Path:
+    """The pickled model behind the embedded Cu default, if its training run is on this machine."""
+    for name in DEFAULT_CU_PICKLES:
+        if (DEFAULT_CU_WORK / name).is_file():
+            return DEFAULT_CU_WORK / name
+    raise FileNotFoundError(
+        f"no pickled MACE model found in {DEFAULT_CU_WORK} (looked for {', '.join(DEFAULT_CU_PICKLES)}): "
+        "pass --foundation-model PATH.model, the file mace_run_train wrote when the model was trained"
+    )
+
+
+def mace_train_command() -> list[str]:
+    """mace-torch's training entry point, run by the same interpreter as probe-md."""
+    return [sys.executable, "-m", "mace.cli.run_train"]
+
+
+# ----------------------------------------------------------------------------- errors
+@dataclass(frozen=True)
+class ErrorSummary:
+    """Errors of one model on one data set."""
+
+    structures: int
+    force_rmse_ev_per_a: float
+    force_mae_ev_per_a: float
+    energy_rmse_ev_per_atom: float
+
+    @classmethod
+    def nan(cls) -> "ErrorSummary":
+        return cls(0, float("nan"), float("nan"), float("nan"))
+
+
+def model_errors(backbone, structures: Sequence[ase.Atoms], keys: ReferenceKeys) -> ErrorSummary:
+    """Force RMSE/MAE over all atom components, energy RMSE per atom, against the references."""
+    if not structures:
+        return ErrorSummary.nan()
+    predictions = backbone.predict(list(structures))
+    force_delta = np.concatenate(
+        [p.forces - np.asarray(a.arrays[keys.forces]) for p, a in zip(predictions, structures)]
+    )
+    energy_delta = np.array(
+        [(p.energy - float(a.info[keys.energy])) / len(a) for p, a in zip(predictions, structures)]
+    )
+    return ErrorSummary(
+        structures=len(structures),
+        force_rmse_ev_per_a=float(np.sqrt(np.mean(force_delta**2))),
+        force_mae_ev_per_a=float(np.mean(np.abs(force_delta))),
+        energy_rmse_ev_per_atom=float(np.sqrt(np.mean(energy_delta**2))),
+    )
+
+
+# ----------------------------------------------------------------------------- steps
+def split_new_frames(
+    frames: Sequence[ase.Atoms], holdout_fraction: float, seed: int
+) -> tuple[list[ase.Atoms], list[ase.Atoms]]:
+    """(train, holdout): a seeded random holdout, at least one frame each when there are >= 2."""
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {holdout_fraction}")
+    n_holdout = int(round(holdout_fraction * len(frames)))
+    if holdout_fraction > 0 and len(frames) >= 2:
+        n_holdout = min(max(n_holdout, 1), len(frames) - 1)
+    order = np.random.default_rng(seed).permutation(len(frames))
+    holdout = set(order[:n_holdout].tolist())
+    train = [a for i, a in enumerate(frames) if i not in holdout]
+    return train, [frames[i] for i in sorted(holdout)]
+
+
+def _read_all(paths: Sequence[Path], keys: ReferenceKeys) -> list[ase.Atoms]:
+    return [atoms for path in paths for atoms in read_structures(path, keys)]
+
+
+def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str) -> ase.Atoms:
+    """Only what mace_run_train reads (labels, config_type): provenance strings stay out."""
+    clean = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    clean.info[keys.energy] = float(atoms.info[keys.energy])
+    clean.arrays[keys.forces] = np.asarray(atoms.arrays[keys.forces], dtype=float)
+    clean.info["config_type"] = str(atoms.info.get("config_type", origin))
+    return clean
+
+
+def mace_arguments(config: RetrainConfig, train_file: Path, valid_file: Path | None) -> list[str]:
+    """mace_run_train flags for a plain (single-head) fine-tune of the foundation model."""
+    arguments = [
+        f"--name={MACE_RUN_NAME}",
+        f"--foundation_model={Path(config.foundation_model).resolve()}",
+        "--multiheads_finetuning=False",
+        "--E0s=foundation",  # keep the isolated-atom energies the model was trained with
+        f"--train_file={train_file.resolve()}",
+        f"--energy_key={config.keys.energy}",
+        f"--forces_key={config.keys.forces}",
+        "--stress_key=PROBE_MD_NO_STRESS",  # train on energies and forces, like the default
+        f"--max_num_epochs={config.epochs}",
+        f"--batch_size={config.batch_size}",
+        f"--valid_batch_size={config.batch_size}",
+        f"--lr={config.lr}",
+        f"--seed={config.seed}",
+        f"--device={config.device}",
+        "--default_dtype=float64",
+        "--error_table=PerAtomRMSE",
+        "--restart_latest",  # an interrupted retrain resumes from its last checkpoint
+        "--plot=False",
+        "--num_workers=0",
+    ]
+    if valid_file is not None:
+        arguments.append(f"--valid_file={valid_file.resolve()}")
+    else:
+        arguments.append("--valid_fraction=0.1")
+    return arguments + list(config.extra_mace_args)
+
+
+def run_mace_train(arguments: Sequence[str], work_dir: Path, log_path: Path) -> Path:
+    """Run mace_run_train in `work_dir`; returns the pickled model it wrote."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    command = mace_train_command() + list(arguments)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        completed = subprocess.run(command, cwd=work_dir, stdout=log, stderr=subprocess.STDOUT)
+    if completed.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(
+            f"mace_run_train failed (exit {completed.returncode}): {tail[0] if tail else ''} "
+            f"(full log: {log_path})"
+        )
+    model_path = work_dir / f"{MACE_RUN_NAME}.model"
+    if not model_path.is_file():
+        raise RuntimeError(f"mace_run_train finished but wrote no {model_path} (log: {log_path})")
+    return model_path
+
+
+def _load_pickled(path: Path):
+    import mace  # noqa: F401  (registers e3nn/mace classes before unpickling)
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def retrain(config: RetrainConfig, progress_print=print) -> dict:
+    """One retraining round; returns (and writes) the report dict."""
+    from probe_md.backbone.mace import MaceBackbone, save_mace_model
+
+    started = time.time()
+    out_dir = Path(config.out_dir)
+    foundation = Path(config.foundation_model)
+    if not foundation.is_file():
+        raise FileNotFoundError(f"foundation model {foundation} does not exist")
+    if foundation.suffix == ".pt":
+        raise ValueError(
+            f"foundation model {foundation} looks like a TorchScript file: mace_run_train needs the "
+            "pickled mace-torch .model written when the model was trained (see probe-md retrain --help)"
+        )
+    if not config.new_data:
+        raise ValueError("no newly labelled data given (--new-data)")
+    if config.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {config.epochs}")
+    keys = config.keys
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    new_frames = _read_all(config.new_data, keys)
+    old_frames = _read_all(config.old_data, keys)
+    if config.max_old_frames is not None and len(old_frames) > config.max_old_frames:
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(old_frames), config.max_old_frames, replace=False))
+        old_frames = [old_frames[i] for i in keep]
+    valid_frames = read_structures(config.valid_data, keys) if config.valid_data else []
+    new_train, new_holdout = split_new_frames(new_frames, config.holdout_fraction, config.seed)
+    progress_print(
+        f"retrain: {len(new_train)} new frames to train on ({len(new_holdout)} held out), "
+        f"{len(old_frames)} old frames replayed, {len(valid_frames)} validation frames"
+    )
+
+    data_dir = out_dir / "data"
+    train_file = write_extxyz_atomic(
+        data_dir / "train.extxyz",
+        [_training_copy(a, keys, "old") for a in old_frames] + [_training_copy(a, keys, "flagged") for a in new_train],
+    )
+    valid_file = None
+    if valid_frames:
+        valid_file = write_extxyz_atomic(data_dir / "valid.extxyz", [_training_copy(a, keys, "valid") for a in valid_frames])
+    write_extxyz_atomic(data_dir / "new_train.extxyz", new_train)
+    if new_holdout:
+        write_extxyz_atomic(data_dir / "new_holdout.extxyz", new_holdout)
+
+    # before: the model in use (its TorchScript when given, else the pickled foundation itself)
+    before = (
+        MaceBackbone.from_file(config.before_model)
+        if config.before_model
+        else MaceBackbone.from_file(foundation, allow_pickle=True)
+    )
+    errors_before = {
+        "new_holdout": model_errors(before, new_holdout, keys),
+        "new_train": model_errors(before, new_train, keys),
+        "valid": model_errors(before, valid_frames, keys),
+    }
+
+    progress_print(f"retrain: mace_run_train, {config.epochs} epochs (log: {out_dir / 'mace_train.log'})")
+    trained_pickle = run_mace_train(
+        mace_arguments(config, train_file, valid_file), out_dir / "mace", out_dir / "mace_train.log"
+    )
+    retrained_pickle = out_dir / RETRAINED_PICKLE
+    shutil.copyfile(trained_pickle, retrained_pickle)
+    model_pt = out_dir / "model.pt"
+    save_mace_model(_load_pickled(retrained_pickle), model_pt)
+    after = MaceBackbone.from_file(model_pt)
+    errors_after = {
+        "new_holdout": model_errors(after, new_holdout, keys),
+        "new_train": model_errors(after, new_train, keys),
+        "valid": model_errors(after, valid_frames, keys),
+    }
+
+    files = {"retrained_pickle": str(retrained_pickle), "model": str(model_pt), "train_data": str(train_file)}
+    notes: list[str] = []
+    head_path = out_dir / "head.pt"
+    if config.head_data:
+        from probe_md.pipeline import TrainRequest, train_probe
+        from probe_md.training import TrainingConfig
+
+        progress_print("retrain: refitting the PROBE head on the new backbone")
+        training = TrainingConfig(seed=config.seed)
+        if config.head_max_epochs is not None:
+            training = TrainingConfig(seed=config.seed, max_epochs=config.head_max_epochs)
+        labelled_new = [Path(p) for p in config.new_data]
+        _, head_info = train_probe(
+            TrainRequest(
+                model_path=model_pt,
+                data_paths=[*map(Path, config.head_data), *labelled_new],
+                output_path=head_path,
+                in_domain_path=Path(config.valid_data) if config.valid_data else None,
+                threshold=config.head_threshold,
+                keys=keys,
+                cache_dir=out_dir / "feature_cache",
+                training=training,
+            )
+        )
+        files["head"] = str(head_path)
+        head_summary = {"threshold": head_info.threshold, "criterion": head_info.criterion,
+                        **{k: v for k, v in head_info.metrics.items()}}
+    else:
+        head_summary = None
+        notes.append("no --head-data: the PROBE head was not refitted (the old head does not fit the new backbone)")
+
+    if config.export and "head" in files:
+        try:
+            from probe_md.export import export_fused_model
+        except ImportError as error:
+            notes.append(f"fused export skipped: probe_md.export is not available ({error})")
+        else:
+            fused_path = out_dir / "fused.pt"
+            export_fused_model(model_pt, head_path, fused_path)
+            files["fused"] = str(fused_path)
+
+    report = {
+        "foundation_model": str(foundation),
+        "before_model": str(config.before_model or foundation),
+        "frames": {"new_train": len(new_train), "new_holdout": len(new_holdout),
+                   "old_replayed": len(old_frames), "valid": len(valid_frames)},
+        "mace_run_train": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+                           "extra_args": list(config.extra_mace_args)},
+        "errors_before": {k: asdict(v) for k, v in errors_before.items()},
+        "errors_after": {k: asdict(v) for k, v in errors_after.items()},
+        "head": head_summary,
+        "files": files,
+        "notes": notes,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    report_path = out_dir / REPORT_FILE
+    from probe_md.lammps.monitor import atomic_write_bytes
+
+    atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    report["files"]["report"] = str(report_path)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A small before/after table."""
+    lines = [f"{'force RMSE (eV/Å)':<18}{'frames':>7}{'before':>10}{'after':>10}"]
+    for name in ("new_holdout", "new_train", "valid"):
+        before, after = report["errors_before"][name], report["errors_after"][name]
+        if not before["structures"]:
+            continue
+        label = {"new_holdout": "new (held out)", "new_train": "new (trained)", "valid": "validation"}[name]
+        lines.append(
+            f"{label:<18}{before['structures']:>7}{before['force_rmse_ev_per_a']:>10.4f}"
+            f"{after['force_rmse_ev_per_a']:>10.4f}"
+        )
+    head = report.get("head")
+    if head:
+        lines.append(
+            f"PROBE head refitted: threshold {head['threshold']:.4g} eV/Å ({head['threshold_rule']}), "
+            f"{head['reliable']} reliable / {head['unreliable']} unreliable training structures"
+        )
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    for name, path in report["files"].items():
+        lines.append(f"  {name}: {path}")
+    return "\n".join(lines)

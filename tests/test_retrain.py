@@ -1,0 +1,90 @@
+"""probe_md.loop.retrain: a tiny mace_run_train fine-tune, conversion, head refit, export, report."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import pytest
+import torch
+
+from probe_md.backbone.mace import MaceBackbone
+from probe_md.backbone.mace_factory import build_mace_model
+from probe_md.loop.retrain import RetrainConfig, format_report, mace_arguments, retrain, split_new_frames
+
+from conftest import rattled_cu
+
+
+@pytest.fixture(scope="module")
+def tiny_pickled_model(tmp_path_factory):
+    """What mace_run_train writes: a pickled python model (here random, tiny)."""
+    path = tmp_path_factory.mktemp("foundation") / "tiny.model"
+    torch.save(build_mace_model(seed=0, num_channels=8, num_layers=1, correlation=1), path)
+    return path
+
+
+def write(path, structures):
+    ase.io.write(path, structures)
+    return path
+
+
+def test_split_new_frames_holds_out_at_least_one():
+    frames = rattled_cu(5, seed=1, size=1)
+    train, holdout = split_new_frames(frames, 0.25, seed=0)
+    assert len(train) == 4 and len(holdout) == 1
+    assert split_new_frames(frames[:1], 0.25, seed=0) == (frames[:1], [])
+    with pytest.raises(ValueError, match="holdout fraction"):
+        split_new_frames(frames, 1.0, seed=0)
+
+
+def test_mace_arguments_fine_tune_the_foundation(tmp_path):
+    config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[tmp_path / "n.extxyz"],
+                           out_dir=tmp_path, epochs=3, extra_mace_args=["--ema"])
+    arguments = mace_arguments(config, tmp_path / "train.extxyz", None)
+    assert f"--foundation_model={(tmp_path / 'x.model').resolve()}" in arguments
+    assert "--max_num_epochs=3" in arguments and "--E0s=foundation" in arguments
+    assert "--valid_fraction=0.1" in arguments and arguments[-1] == "--ema"
+
+
+def test_retrain_rejects_torchscript_foundation(tmp_path, tiny_mace_path):
+    config = RetrainConfig(foundation_model=tiny_mace_path, new_data=[tmp_path / "n.extxyz"], out_dir=tmp_path)
+    with pytest.raises(ValueError, match="pickled mace-torch .model"):
+        retrain(config)
+
+
+def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz):
+    """1 epoch of mace_run_train on 16 tiny cells; takes ~30-60 s on one core."""
+    new = write(tmp_path / "new.extxyz", rattled_cu(4, seed=11, amplitude=(0.2, 0.3), size=1))
+    old = write(tmp_path / "old.extxyz", rattled_cu(12, seed=12, amplitude=(0.01, 0.1), size=1))
+    valid = write(tmp_path / "valid.extxyz", rattled_cu(4, seed=13, amplitude=(0.01, 0.1), size=1))
+    out = tmp_path / "round1"
+    report = retrain(RetrainConfig(
+        foundation_model=tiny_pickled_model,
+        new_data=[new],
+        old_data=[old],
+        valid_data=valid,
+        head_data=[cu_extxyz],
+        out_dir=out,
+        epochs=1,
+        batch_size=4,
+        head_threshold=0.3,
+        head_max_epochs=3,
+    ), progress_print=lambda *_: None)
+
+    assert report["frames"] == {"new_train": 3, "new_holdout": 1, "old_replayed": 12, "valid": 4}
+    for when in ("errors_before", "errors_after"):
+        assert report[when]["new_holdout"]["structures"] == 1
+        assert report[when]["valid"]["force_rmse_ev_per_a"] > 0
+    # training moved the weights: the errors changed
+    assert report["errors_after"]["new_train"] != report["errors_before"]["new_train"]
+    assert len(ase.io.read(out / "data" / "train.extxyz", ":")) == 15
+    backbone = MaceBackbone.from_file(out / "model.pt")  # TorchScript in the project's format
+    assert backbone.species == ("Cu",)
+    assert (out / "retrained.model").is_file()  # the next round's foundation model
+    assert (out / "head.pt").is_file()
+    assert json.loads((out / "retrain_report.json").read_text())["frames"]["new_train"] == 3
+    if "fused" in report["files"]:
+        assert (out / "fused.pt").is_file()
+    else:
+        assert any("fused export skipped" in note for note in report["notes"])
+    assert "new (held out)" in format_report(report)
