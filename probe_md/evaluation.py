@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +14,7 @@ from probe_md import metrics, plots
 from probe_md.backbone import load_backbone
 from probe_md.baselines import FeatureDensity, ensemble_disagreement
 from probe_md.features import predict_dataset
+from probe_md.io_utils import atomic_write_text
 from probe_md.labels import class_balance, label_reliable, structure_errors
 from probe_md.structures import ReferenceKeys, read_structures
 from probe_md.training import ProbeClassifier, load_head
@@ -135,13 +135,7 @@ def format_report(report: dict) -> str:
 
 def write_json(report: dict, path: str | os.PathLike) -> None:
     """Atomic JSON write (nan -> null so strict parsers accept it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_nan_to_none(report), indent=2)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_nan_to_none(report), indent=2))
 
 
 def _nan_to_none(value):

@@ -12,7 +12,7 @@ its full receptive field, so local energies, forces and features are exact.
 
 import json
 import os
-import tempfile
+
 from pathlib import Path
 from typing import Dict, Final, List, Optional, Tuple
 
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from probe_md.backbone.mace import MaceBackbone, file_sha256
 from probe_md.head import ProbeHead
+from probe_md.io_utils import atomic_output
 
 FUSED_FORMAT: Final[str] = "probe_md.fused/1"
 FUSED_METADATA_FILE: Final[str] = "probe_md_fused.json"
@@ -210,15 +211,8 @@ def export_fused_model(
     backbone, head, info = _load_inputs(mace_path, head_path)
     metadata = fused_metadata(backbone, head, info, mace_path, head_path)
     scripted = build_fused_module(backbone, head, metadata)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp, _extra_files={FUSED_METADATA_FILE: json.dumps(metadata)})
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(out_path) as temporary:
+        torch.jit.save(scripted, str(temporary), _extra_files={FUSED_METADATA_FILE: json.dumps(metadata)})
     return metadata
 
 

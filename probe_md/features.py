@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from probe_md.backbone.base import Backbone, StructurePrediction
+from probe_md.io_utils import atomic_output
 
 
 def structures_hash(structures: Sequence[ase.Atoms]) -> str:
@@ -60,11 +60,8 @@ def predict_dataset(
 
 
 def _save_predictions(path: Path, predictions: Sequence[StructurePrediction]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as handle:
+    with atomic_output(path) as temporary:
+        with open(temporary, "wb") as handle:
             np.savez(
                 handle,
                 energy=np.array([p.energy for p in predictions]),
@@ -72,10 +69,6 @@ def _save_predictions(path: Path, predictions: Sequence[StructurePrediction]) ->
                 forces=np.concatenate([p.forces for p in predictions]),
                 features=np.concatenate([p.features for p in predictions]),
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _load_predictions(path: Path) -> list[StructurePrediction]:

@@ -7,7 +7,7 @@ no global backend or figure state is touched and nothing leaks between calls.
 from __future__ import annotations
 
 import os
-import tempfile
+
 from pathlib import Path
 from typing import Mapping
 
@@ -15,22 +15,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from probe_md.io_utils import atomic_output
 from probe_md.metrics import ReliabilityDiagram, binned_error_by_probability
 
 
 def _save_atomically(figure: Figure, path: str | os.PathLike) -> Path:
     """Render to a temp file next to `path`, then rename: a crash never leaves half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            figure.savefig(temp_file, format="png", dpi=150)
-        os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=150)
     return path
 
 

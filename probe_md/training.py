@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from scipy.special import expit
 
 from probe_md.calibration import fit_temperature_and_bias
 from probe_md.head import HeadConfig, ProbeHead
+from probe_md.io_utils import atomic_output
 
 HEAD_FORMAT = "probe_md.head/1"
 
@@ -228,15 +228,8 @@ def save_head(head: ProbeHead, info: HeadInfo, path: str | os.PathLike) -> None:
         "temperature": float(head.temperature),
         **asdict(info),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:

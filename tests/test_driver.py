@@ -255,3 +255,17 @@ def test_template_monitor_thermo_prints_reliability(tiny_fused, tmp_path):
     log = run_template("monitor_thermo.in", tmp_path, model=tiny_fused, every=2, nsteps=2)
     header = next(line for line in log.splitlines() if line.split()[:1] == ["Step"])
     assert header.split()[-2:] == ["reliability", "logit"]
+
+
+# ----------------------------------------------------------------------------- the demo
+def test_demo_stand_in_heats_flags_and_halts(tmp_path, capsys):
+    """The demo's machinery end to end (SNAP forces, temperature stand-in: no MLIP needed)."""
+    from probe_md.cli.main import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--backend", "stand-in", "--out", str(out), "--steps", "600"]) == 0
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["backend"] == "stand-in" and summary["halted"]
+    assert 0 < summary["halt_step"] < 600 and summary["frames_written"] >= 3
+    assert Path(summary["restart"]).is_file() and (out / "demo.in").is_file()
+    assert "halted at step" in capsys.readouterr().out

@@ -153,12 +153,12 @@ def test_energy_forces_and_reliability_match_ase_path(fused, tmp_path):
 
 def test_scores_only_every_n_calls_and_pickles_without_the_model(fused, tmp_path):
     _, _, fused_path = fused
-    unified = ProbeMliapUnified(fused_path, every=3, out_dir=tmp_path, comm=None)
+    unified = ProbeMliapUnified(fused_path, every=2, out_dir=tmp_path, comm=None)
     atoms = cu_cell(seed=1)
-    for _ in range(7):  # steps 0..6
+    for _ in range(5):  # steps 0..4
         unified.compute_forces(FakeMliapData(atoms, unified.element_types, cutoff=2 * unified.rcutfac))
     summary = unified.finish(print_summary=False)
-    assert [json.loads(line)["step"] for line in (tmp_path / LOG_FILE).read_text().splitlines()] == [0, 3, 6]
+    assert [json.loads(line)["step"] for line in (tmp_path / LOG_FILE).read_text().splitlines()] == [0, 2, 4]
     assert summary["checks"] == 3
     clone = pickle.loads(pickle.dumps(unified))
     assert clone.model_ is None and clone.monitor_ is None and clone.fused_path == unified.fused_path
@@ -171,3 +171,22 @@ def test_scores_only_every_n_calls_and_pickles_without_the_model(fused, tmp_path
 def test_bad_fused_file_fails_on_wrap(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ProbeMliapUnified(tmp_path / "missing.pt")
+
+
+def test_rank_partial_pools_merge_to_the_whole_pool():
+    """What the MPI path relies on: pooling per rank then merging = pooling all atoms."""
+    from probe_md.head import partial_pool
+    from probe_md.lammps.mliap_unified import parts_to_pool
+
+    torch.manual_seed(0)
+    scores, values = torch.randn(10, 3, dtype=torch.float64) * 5, torch.randn(10, 3, 4, dtype=torch.float64)
+    whole = partial_pool(scores, values, torch.zeros(10, dtype=torch.long), 1)
+    parts = []
+    for rank_atoms in (slice(0, 4), slice(4, 10)):  # two "ranks"
+        n = scores[rank_atoms].shape[0]
+        pool = partial_pool(scores[rank_atoms], values[rank_atoms], torch.zeros(n, dtype=torch.long), 1)
+        parts.append(tuple(t.numpy() for t in pool))
+    merged = parts_to_pool(parts)
+    pooled = lambda p: p.weighted_values / p.sum_exp.unsqueeze(-1)  # noqa: E731
+    np.testing.assert_allclose(pooled(merged).numpy(), pooled(whole).numpy(), rtol=1e-12,
+                               err_msg="merged rank pools differ from the single-rank pool")

@@ -10,16 +10,28 @@ import torch
 
 from probe_md.backbone.mace import MaceBackbone
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.loop.retrain import RetrainConfig, format_report, mace_arguments, retrain, split_new_frames
+from probe_md.backbone.mace import save_mace_model
+from probe_md.loop.retrain import (
+    RetrainConfig,
+    format_report,
+    foundation_e0s,
+    foundation_mismatch_ev_per_a,
+    mace_arguments,
+    retrain,
+    split_new_frames,
+)
 
 from conftest import rattled_cu
 
 
 @pytest.fixture(scope="module")
 def tiny_pickled_model(tmp_path_factory):
-    """What mace_run_train writes: a pickled python model (here random, tiny)."""
+    """What mace_run_train writes: a pickled python model (here random, tiny), with its E0s
+    stored per head as [n_heads, n_elements] like mace_run_train stores them."""
     path = tmp_path_factory.mktemp("foundation") / "tiny.model"
-    torch.save(build_mace_model(seed=0, num_channels=8, num_layers=1, correlation=1), path)
+    model = build_mace_model(seed=0, num_channels=8, num_layers=1, correlation=1)
+    model.atomic_energies_fn.atomic_energies = model.atomic_energies_fn.atomic_energies.reshape(1, -1)
+    torch.save(model, path)
     return path
 
 
@@ -43,13 +55,43 @@ def test_mace_arguments_fine_tune_the_foundation(tmp_path):
     arguments = mace_arguments(config, tmp_path / "train.extxyz", None)
     assert f"--foundation_model={(tmp_path / 'x.model').resolve()}" in arguments
     assert "--max_num_epochs=3" in arguments and "--E0s=foundation" in arguments
+    assert "--stress_key=PROBE_MD_NO_STRESS" in arguments
+    with_e0s = mace_arguments(config, tmp_path / "train.extxyz", None, e0s={29: -3.5})
+    assert "--E0s={29: -3.5}" in with_e0s
+    config.stress_weight = 1000.0
+    with_stress = mace_arguments(config, tmp_path / "train.extxyz", None)
+    assert {"--loss=stress", "--stress_key=REF_stress", "--stress_weight=1000.0"} <= set(with_stress)
     assert "--valid_fraction=0.1" in arguments and arguments[-1] == "--ema"
+
+
+def test_retrain_cli_names_a_missing_foundation(tmp_path, capsys):
+    from probe_md.cli.main import main
+
+    argv = ["retrain", "--new-data", str(tmp_path / "n.extxyz"), "-o", str(tmp_path / "out"),
+            "--foundation-model", str(tmp_path / "missing.model"), "--mace-args=--ema"]
+    assert main(argv) == 2
+    assert "missing.model does not exist" in capsys.readouterr().err
 
 
 def test_retrain_rejects_torchscript_foundation(tmp_path, tiny_mace_path):
     config = RetrainConfig(foundation_model=tiny_mace_path, new_data=[tmp_path / "n.extxyz"], out_dir=tmp_path)
     with pytest.raises(ValueError, match="pickled mace-torch .model"):
         retrain(config)
+
+
+def test_foundation_mismatch_detects_another_model(tmp_path, tiny_pickled_model, tiny_mace_path):
+    structures = rattled_cu(2, seed=5, size=1)
+    same = tmp_path / "same.pt"
+    save_mace_model(torch.load(tiny_pickled_model, weights_only=False), same)
+    pickled = MaceBackbone.from_file(tiny_pickled_model, allow_pickle=True)
+    assert foundation_mismatch_ev_per_a(MaceBackbone.from_file(same), pickled, structures) < 1e-9
+    other = MaceBackbone.from_file(tiny_mace_path)
+    assert foundation_mismatch_ev_per_a(other, pickled, structures) > 1e-3
+
+
+def test_foundation_e0s_reads_per_head_energies(tiny_pickled_model):
+    model = torch.load(tiny_pickled_model, weights_only=False)
+    assert foundation_e0s(model) == {29: pytest.approx(-3.0)}
 
 
 def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz):

@@ -1,10 +1,12 @@
 """Cost of PROBE scoring inside LAMMPS: steps/s with scoring every 1, 10, 100 steps and off,
 and a K=4 committee of the same MACE, all measured in one process on the same system.
 
-  python benchmarks/overhead/run.py [--model cu_fused.pt] [--repeat 3] [--steps 50] [--warmup 5]
+  python benchmarks/overhead/run.py [--model cu_fused.pt] [--repeat 3] [--steps 100] [--rounds 3] [--warmup 5]
 
 Needs the probe-md plugin (built on first use). Every case runs the same fcc Cu cell at
-300 K (NVE) after `--warmup` untimed steps (TorchScript optimises on its first calls).
+300 K (NVE) in its own LAMMPS instance after `--warmup` untimed steps (TorchScript optimises
+on its first calls); the timed runs are interleaved over `--rounds` rounds and the median
+round counts, so load from elsewhere on the machine hits every case alike.
 The committee is `pair_style hybrid/scaled` over 4 `probe/mace` instances, each weighted
 1/4: the forces are the committee mean and every step costs 4 plain MACE passes, which is
 what an ensemble-based uncertainty costs when it runs every step. Writes
@@ -21,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "overhead.json"
 CU_FCC_A = 3.615
@@ -62,23 +66,24 @@ def case_commands(case: str, model: Path) -> list[str]:
     raise ValueError(f"unknown case {case}")
 
 
-def measure(lammps, plugin: Path, model: Path, case: str, repeat: int, steps: int, warmup: int) -> dict:
+def start_case(lammps, plugin: Path, model: Path, case: str, repeat: int, warmup: int):
+    """A warmed-up LAMMPS instance for one case (kept alive so the cases can be interleaved)."""
     lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
-    try:
-        lmp.command(f"plugin load {plugin}")
-        for command in system_commands(repeat) + case_commands(case, model):
-            lmp.command(command)
-        for command in ("timestep 0.002", "velocity all create 300 4928459 mom yes rot yes",
-                        "fix nve all nve", "thermo_modify flush no"):
-            lmp.command(command)
-        lmp.command(f"run {warmup}")
-        start = time.perf_counter()
-        lmp.command(f"run {steps}")
-        seconds = time.perf_counter() - start
-        return {"case": case, "steps": steps, "seconds": round(seconds, 4),
-                "steps_per_second": steps / seconds, "atoms": int(lmp.get_natoms())}
-    finally:
-        lmp.close()
+    lmp.command(f"plugin load {plugin}")
+    for command in system_commands(repeat) + case_commands(case, model):
+        lmp.command(command)
+    for command in ("timestep 0.002", "velocity all create 300 4928459 mom yes rot yes",
+                    "fix nve all nve", "thermo_modify flush no"):
+        lmp.command(command)
+    lmp.command(f"run {warmup}")
+    return lmp
+
+
+def timed_run(lmp, steps: int) -> float:
+    """Seconds for `steps` more steps (`pre no post no`: no re-setup between rounds)."""
+    start = time.perf_counter()
+    lmp.command(f"run {steps} pre no post no")
+    return time.perf_counter() - start
 
 
 def default_model(folder: Path) -> Path:
@@ -92,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="fused model (default: the embedded Cu model)")
     parser.add_argument("--repeat", type=int, default=3, help="fcc cells per side (4*repeat^3 atoms)")
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per case (a multiple of 100 "
-                        "gives every100 a fair share of scored steps)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per case and round (a "
+                        "multiple of 100 gives every100 its fair share of scored steps)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--cases", default=f"off,every1,every10,every100,committee{K_COMMITTEE}")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -104,13 +110,29 @@ def main(argv: list[str] | None = None) -> int:
 
     lammps = import_lammps()
     plugin = plugin_path(build=True)
+    cases = args.cases.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or default_model(Path(scratch))
-        results = []
-        for case in args.cases.split(","):
-            result = measure(lammps, plugin, model, case, args.repeat, args.steps, args.warmup)
-            results.append(result)
-            print(f"{case:>12}: {result['steps_per_second']:8.3f} steps/s", flush=True)
+        instances = {case: start_case(lammps, plugin, model, case, args.repeat, args.warmup) for case in cases}
+        seconds: dict[str, list[float]] = {case: [] for case in cases}
+        try:
+            # rounds interleave the cases, so a burst of load from elsewhere on the machine
+            # hits all of them alike; the median round is reported
+            for round_index in range(args.rounds):
+                for case in cases:
+                    seconds[case].append(timed_run(instances[case], args.steps))
+                print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+                    f"{case} {args.steps / seconds[case][-1]:.3f}" for case in cases) + " steps/s", flush=True)
+            atoms = int(next(iter(instances.values())).get_natoms())
+        finally:
+            for lmp in instances.values():
+                lmp.close()
+    results = []
+    for case in cases:
+        median = float(np.median(seconds[case]))
+        results.append({"case": case, "steps_per_round": args.steps, "seconds_per_round": seconds[case],
+                        "steps_per_second": args.steps / median, "atoms": atoms})
+        print(f"{case:>12}: {args.steps / median:8.3f} steps/s (median of {args.rounds} rounds)")
     baseline = next((r["steps_per_second"] for r in results if r["case"] == "off"), None)
     if baseline:
         for result in results:
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model or "embedded Cu default"),
         "repeat": args.repeat,
         "warmup_steps": args.warmup,
+        "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

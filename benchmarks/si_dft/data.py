@@ -40,6 +40,7 @@ LOW_ENERGY_EV_PER_ATOM = 0.6
 N_MLIP_TRAIN = 600
 N_MLIP_VALID = 60
 SPLIT_SEED = 20240
+SHIFT_EV_PER_ATOM = 1.0  # the "shifted" variant: PROBE trains below, is tested above
 SPLITS = ("mlip_train", "mlip_valid", "probe_train", "test")
 
 
@@ -121,6 +122,22 @@ def split_structures(structures: list[ase.Atoms]) -> dict[str, list[ase.Atoms]]:
     half = len(rest) // 2
     picks = {"mlip_train": train, "mlip_valid": valid, "probe_train": rest[:half], "test": rest[half:]}
     return {name: [structures[i] for i in sorted(idx)] for name, idx in picks.items()}
+
+
+def shifted(paths: dict[str, Path], excess_ev_per_atom: float = SHIFT_EV_PER_ATOM) -> dict[str, Path]:
+    """The same splits, but PROBE trains only below `excess_ev_per_atom` and is tested only
+    above it: does PROBE itself extrapolate to higher-energy cells than it was trained on?"""
+    out = dict(paths)
+    for name, keep_high in (("probe_train", False), ("test", True)):
+        target = paths[name].with_name(f"{name}_shifted.extxyz")
+        if not target.is_file():
+            structures = [a for a in ase.io.read(paths[name], ":")
+                          if (a.info["excess_energy_per_atom"] >= excess_ev_per_atom) == keep_high]
+            tmp = target.with_suffix(".tmp.extxyz")
+            ase.io.write(tmp, structures, format="extxyz")
+            tmp.replace(target)
+        out[name] = target
+    return out
 
 
 def prepare(work_dir: Path) -> dict[str, Path]:

@@ -75,7 +75,9 @@ class MlipConfig:
 # Large: 32 channels with L=1 equivariant features, longer cutoff (fewer epochs: CPU budget).
 SMALL = MlipConfig("mace_small", "16x0e", 4.5, 2, 2, 2, max_num_epochs=40)
 LARGE = MlipConfig("mace_large", "32x0e+32x1o", 5.0, 2, 2, 2, max_num_epochs=10)
-CONFIGS = {c.name: c for c in (SMALL, LARGE)}
+# The large model on the small one's schedule: separates "bigger" from "trained longer".
+LARGE_LONG = MlipConfig("mace_large_long", "32x0e+32x1o", 5.0, 2, 2, 2, max_num_epochs=40)
+CONFIGS = {c.name: c for c in (SMALL, LARGE, LARGE_LONG)}
 
 
 def member_path(work_dir: Path, config: MlipConfig, seed: int) -> Path:

@@ -30,7 +30,10 @@ import mlips  # noqa: E402
 from probe_md.backbone import load_backbone  # noqa: E402
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json  # noqa: E402
 from probe_md.labels import DEFAULT_THRESHOLD_MULTIPLE  # noqa: E402
+from probe_md.features import predict_dataset  # noqa: E402
 from probe_md.pipeline import TrainRequest, train_probe  # noqa: E402
+from probe_md.structures import read_structures  # noqa: E402
+from probe_md.training import ProbeClassifier, load_head  # noqa: E402
 
 CHGNET = "chgnet"
 # CHGNet's "ensemble": the other MPtrj-PBE checkpoint shipped with the package (K=2).
@@ -38,6 +41,17 @@ CHGNET_MAIN, CHGNET_OTHER = "0.3.0", "0.2.0"
 BACKBONES = (*mlips.CONFIGS, CHGNET)
 DEFAULT_CRITERION = "energy-per-atom"  # many cells have zero DFT forces by symmetry (see data.py)
 COMMAND = "nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/si_dft/run.py --backbones {name}"
+CRITERIA = {  # criterion -> (file suffix, what the error is, unit scale to the table's unit)
+    "energy-per-atom": ("", "energy error per atom (meV/atom)", 1000.0),
+    "force-rmse": ("_force-rmse", "force RMSE (meV/Å)", 1000.0),
+}
+
+
+SPLITS = {"random": "", "shifted": "_shifted"}  # split -> file suffix (see data.shifted)
+
+
+def report_path_for(out_dir: Path, name: str, criterion: str, split: str = "random") -> Path:
+    return out_dir / f"si_dft_{name}{CRITERIA[criterion][0]}{SPLITS[split]}.json"
 
 
 def chgnet_members(work_dir: Path) -> list[Path]:
@@ -71,12 +85,21 @@ def mace_members(name: str, paths: dict, work_dir: Path, members: int, skip_trai
 
 def _is_current(report_path: Path, k_members: int, criterion: str) -> bool:
     report = json.loads(report_path.read_text())
-    return report.get("k_members") == k_members and report.get("criterion") == criterion
+    return (report.get("k_members") == k_members and report.get("criterion") == criterion
+            and "probe_flagged_fraction" in report)
+
+
+def probe_flagged_fraction(backbone, head_path: Path, data_path: Path, cache_dir: Path) -> float:
+    """Share of the structures PROBE calls unreliable (p < 0.5); features come from the cache."""
+    head, _ = load_head(head_path)
+    structures = read_structures(data_path)
+    features = [p.features for p in predict_dataset(backbone, structures, cache_dir, progress=False)]
+    return float((ProbeClassifier.from_head(head).predict_proba(features) < 0.5).mean())
 
 
 def run_backbone(name: str, paths: dict, args) -> dict:
     work_dir, out_dir = args.work, args.out
-    report_path = report_path_for(out_dir, name, args.criterion)
+    report_path = report_path_for(out_dir, name, args.criterion, args.split)
     if CHGNET == name:
         members, train_seconds = chgnet_members(work_dir), []
         mlip = {"model": f"CHGNet {CHGNET_MAIN} pretrained (MPtrj, PBE); not retrained",
@@ -96,21 +119,24 @@ def run_backbone(name: str, paths: dict, args) -> dict:
     backbone = load_backbone(members[0])
     n_parameters = sum(p.numel() for p in backbone.model.parameters())
     cache_dir = work_dir / "features"
-    head_path = work_dir / "heads" / f"{name}-{args.criterion}.pt"
-    start = time.perf_counter()
+    head_path = work_dir / "heads" / f"{name}-{args.criterion}{SPLITS[args.split]}.pt"
+    probe_timing = head_path.with_suffix(".seconds")
     if not head_path.is_file():
+        start = time.perf_counter()
         train_probe(TrainRequest(
             model_path=members[0], data_paths=[paths["probe_train"]], output_path=head_path,
             in_domain_path=paths["mlip_valid"], criterion=args.criterion, cache_dir=cache_dir,
         ))
-    probe_seconds = time.perf_counter() - start
+        probe_timing.write_text(f"{time.perf_counter() - start:.1f}\n")
+    probe_seconds = float(probe_timing.read_text()) if probe_timing.is_file() else float("nan")
     start = time.perf_counter()
     report = evaluate(EvaluateRequest(
         model_path=members[0], head_path=head_path, data_path=paths["test"],
         ensemble_paths=members[1:], cache_dir=cache_dir,
-        plots_dir=out_dir / "si_dft_plots" / f"{name}{CRITERIA[args.criterion][0]}",
+        plots_dir=out_dir / "si_dft_plots" / report_path.stem.removeprefix("si_dft_"),
     ))
     report.update({
+        "probe_flagged_fraction": probe_flagged_fraction(backbone, head_path, paths["test"], cache_dir),
         "backbone": name,
         "adapter": type(backbone).__name__,
         "feature_dim": backbone.feature_dim,
@@ -126,41 +152,43 @@ def run_backbone(name: str, paths: dict, args) -> dict:
             "evaluation_incl_features": time.perf_counter() - start,
         },
         "command": COMMAND.format(name=name) + (
-            "" if args.criterion == DEFAULT_CRITERION else f" --criterion {args.criterion}"),
+            "" if args.criterion == DEFAULT_CRITERION else f" --criterion {args.criterion}") + (
+            "" if args.split == "random" else f" --split {args.split}"),
+        "split": args.split,
     })
     write_json(report, report_path)
     print(format_report(report), flush=True)
     return report
 
 
-CRITERIA = {  # criterion -> (file suffix, what the error is, unit scale to the table's unit)
-    "energy-per-atom": ("", "|ΔE|/atom (meV/atom)", 1000.0),
-    "force-rmse": ("_force-rmse", "force RMSE (meV/Å)", 1000.0),
-}
+def _flagged(report: dict) -> str:
+    fraction = report.get("probe_flagged_fraction")
+    return "-" if fraction is None else f"{fraction * report['n_structures']:.0f}/{report['n_structures']}"
 
 
-def report_path_for(out_dir: Path, name: str, criterion: str) -> Path:
-    return out_dir / f"si_dft_{name}{CRITERIA[criterion][0]}.json"
-
-
-def _criterion_section(reports: list[dict], criterion: str) -> list[str]:
+def _criterion_section(reports: list[dict], criterion: str, split: str) -> list[str]:
     _, error_name, scale = CRITERIA[criterion]
+    title = f"## Criterion: {criterion}, random split"
+    if split == "shifted":
+        title = (f"## Criterion: {criterion}, shifted split: PROBE trained on cells below "
+                 f"{data.SHIFT_EV_PER_ATOM} eV/atom excess, tested only on cells above it")
     lines = [
-        f"## Criterion: {criterion}",
+        title,
         "",
         f"A structure is unreliable when the MLIP's {error_name.split(' (')[0]} exceeds "
         f"{DEFAULT_THRESHOLD_MULTIPLE:g} × the RMS error on the MLIP validation cells (per backbone).",
         "",
         f"| backbone | params | K | test median {error_name} | threshold | unreliable "
-        "| method | AUROC | AUPRC | AURC | Spearman(score, error) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| PROBE flags (p < 0.5) | method | AUROC | AUPRC | AURC | Spearman(score, error) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         head = (f"| {r['backbone']} ({r['adapter']}, {r['feature_dim']}-d) | {r['n_parameters']:,} "
                 f"| {r['k_members']} | {scale * r['mlip_error']['median']:.0f} "
-                f"| {scale * r['threshold']:.0f} | {r['unreliable']}/{r['n_structures']} ")
+                f"| {scale * r['threshold']:.0f} | {r['unreliable']}/{r['n_structures']} "
+                f"| {_flagged(r)} ")
         for i, m in enumerate(r["methods"]):
-            prefix = head if i == 0 else "| | | | | | "
+            prefix = head if i == 0 else "| | | | | | | "
             lines.append(f"{prefix}| {m['name']} | {m['auroc']:.3f} | {m['auprc']:.3f} "
                          f"| {m['aurc']:.3f} | {m['spearman_score_vs_error']:.3f} |")
     lines += [
@@ -182,22 +210,23 @@ def _criterion_section(reports: list[dict], criterion: str) -> list[str]:
 
 
 def write_markdown(out_dir: Path) -> Path:
-    """The tables of every si_dft_<backbone>[_<criterion>].json present, in study order."""
+    """The tables of every si_dft_<backbone>[_<criterion>][_<split>].json present, in study order."""
     by_criterion = {
-        criterion: [json.loads(p.read_text()) for name in BACKBONES
-                    if (p := report_path_for(out_dir, name, criterion)).is_file()]
-        for criterion in CRITERIA
+        (criterion, split): [json.loads(p.read_text()) for name in BACKBONES
+                             if (p := report_path_for(out_dir, name, criterion, split)).is_file()]
+        for split in SPLITS for criterion in CRITERIA
     }
     everything = [r for reports in by_criterion.values() for r in reports]
     summary = everything[0]["data_summary"] if everything else {}
-    rules = summary.get("rules", {})
+    rules, dropped = summary.get("rules", {}), summary.get("dropped", {})
     lines = [
         "# PROBE on real DFT data: PyXtal-FF silicon (VASP PBE)",
         "",
         f"Data: {summary.get('n_source')} Si cells (1-16 atoms) from the `pyxtal_ff` sdist; "
-        f"kept {summary.get('kept')} after dropping {summary.get('dropped')} "
-        f"(> {rules.get('max_excess_ev_per_atom')} eV/atom above the lowest cell, or an "
-        f"interatomic distance < {rules.get('min_distance_a')} Å). MLIPs train on "
+        f"kept {summary.get('kept')} after dropping {dropped.get('duplicate')} duplicates, "
+        f"{dropped.get('high_energy')} cells more than {rules.get('max_excess_ev_per_atom')} eV/atom "
+        f"above the lowest one and {dropped.get('compressed')} with an interatomic distance "
+        f"< {rules.get('min_distance_a')} Å. MLIPs train on "
         f"{rules.get('n_mlip_train')} random cells below {rules.get('low_energy_ev_per_atom')} "
         f"eV/atom excess ({rules.get('n_mlip_valid')} more validate and set the threshold); "
         "every other cell is split 50/50 (seed "
@@ -208,10 +237,10 @@ def write_markdown(out_dir: Path) -> Path:
         "density baseline use member 0's features; the ensemble uses members 0..K-1.",
         "",
     ]
-    for criterion, reports in by_criterion.items():
+    for (criterion, split), reports in by_criterion.items():
         if reports:
-            lines += _criterion_section(reports, criterion)
-    small, large = mlips.SMALL, mlips.LARGE
+            lines += _criterion_section(reports, criterion, split)
+    small, large, long = mlips.SMALL, mlips.LARGE, mlips.LARGE_LONG
     lines += [
         "Notes:",
         "",
@@ -225,7 +254,16 @@ def write_markdown(out_dir: Path) -> Path:
         f"- MACE sizes: small = {small.hidden_irreps}, r_max {small.r_max} Å, "
         f"{small.max_num_epochs} epochs; large = {large.hidden_irreps}, r_max {large.r_max} Å, "
         f"only {large.max_num_epochs} epochs (CPU budget), so the larger model is the less "
-        "trained one: compare the in-domain errors before reading size effects.",
+        f"trained one; {long.name} is the large model on the small one's schedule "
+        f"({long.max_num_epochs} epochs), trained for fewer members when the CPU budget ran out "
+        "(K in its row: seeds 0 and 2; a fresh run trains all K=4). Compare in-domain errors before reading size effects.",
+        "- Random split: PROBE's training and test cells are random halves of one pool, so it "
+        "measures ranking on unseen structures of the same distribution. Shifted split: PROBE "
+        f"never saw a cell above {data.SHIFT_EV_PER_ATOM} eV/atom excess. For MACE almost every "
+        "such cell is unreliable, so AUROC there rests on a handful of reliable cells (noise); "
+        "compare the 'PROBE flags' column (cells with p < 0.5) with the 'unreliable' column.",
+        "- Wall times depend on what else ran on the shared machine; a step whose features "
+        "were already cached by an earlier run shows only the cache read.",
         "- Each backbone is judged on its own errors (its own labels and threshold), so the "
         "AUROC columns compare how well each backbone's features foresee its own failures.",
         "",
@@ -236,7 +274,8 @@ def write_markdown(out_dir: Path) -> Path:
         w = r["wall_seconds"]
         mlip = w["mlip_training_per_member"]
         mlip_text = f"MLIP training {', '.join(f'{s:.0f}' for s in mlip)} s per member; " if mlip else ""
-        lines.append(f"- {r['backbone']} ({r['criterion']}): {mlip_text}PROBE training "
+        lines.append(f"- {r['backbone']} ({r['criterion']}, {r.get('split', 'random')} split): "
+                     f"{mlip_text}PROBE training "
                      f"{w['probe_training_incl_features']:.0f} s, evaluation "
                      f"{w['evaluation_incl_features']:.0f} s (both incl. feature extraction). "
                      f"`{r['command']}`")
@@ -254,11 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true",
                         help="use only the MLIPs already trained (no mace_run_train)")
     parser.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION)
+    parser.add_argument("--split", choices=SPLITS, default="random",
+                        help="shifted: PROBE trains below 1 eV/atom excess, is tested above it")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     paths = data.prepare(args.work)
+    if args.split == "shifted":
+        paths = data.shifted(paths)
     for name in args.backbones:
         run_backbone(name, paths, args)
     print(f"wrote {write_markdown(args.out)}")

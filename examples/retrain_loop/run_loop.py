@@ -19,15 +19,14 @@ the data sets). Usage, from the repository root:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-try:
-    import probe_md  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
+if importlib.util.find_spec("probe_md") is None:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(HERE.parents[1]))
 
 from probe_md.cli.main import main as probe_md_main  # noqa: E402
@@ -77,6 +76,21 @@ def run_numbers(run_dir: Path, patience: int) -> dict:
     }
 
 
+def default_stress_weight() -> float:
+    """The stress weight the default was trained with (examples/default_cu/train_mace.py), or 0."""
+    sys.path.insert(0, str(HERE.parent / "default_cu"))
+    try:
+        from train_mace import MACE_HYPERPARAMETERS
+    except ImportError:
+        return 0.0
+    finally:
+        sys.path.pop(0)
+    if "--loss=stress" not in MACE_HYPERPARAMETERS:
+        return 0.0
+    weights = [flag.split("=", 1)[1] for flag in MACE_HYPERPARAMETERS if flag.startswith("--stress_weight=")]
+    return float(weights[0]) if weights else 1.0
+
+
 def head_pool_subset(work: Path, size: int, seed: int = 0) -> Path:
     """A random subset of the default's head pool, so the head refit takes minutes, not more."""
     import ase.io
@@ -102,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
     parser.add_argument("--max-old", type=int, default=100, help="old training frames replayed")
     parser.add_argument("--head-pool", type=int, default=400, help="head-pool structures for the refit")
+    parser.add_argument("--fused", type=Path, default=None,
+                        help="fused model to explore with (default: the embedded default's); its MACE "
+                             "must be the embedded one, which collect and retrain use")
     args = parser.parse_args(argv)
     for name in ("mlip_train.extxyz", "mlip_valid.extxyz", "head_pool.extxyz"):
         if not (DEFAULT_CU_WORK / name).is_file():
@@ -115,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. explore with the model in use
     t = time.perf_counter()
-    fused0 = shipped_fused_model(work)
+    fused0 = args.fused or shipped_fused_model(work)
     probe_md("run", INPUT, "--var", f"model={fused0}", "--out", work / "round0", *md_flags)
     before_md = run_numbers(work / "round0", args.patience)
     timings["explore_s"] = time.perf_counter() - t
@@ -132,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     probe_md(
         "retrain", "--new-data", work / "labelled.extxyz", "-o", work / "round1",
-        "--epochs", args.epochs, "--max-old", args.max_old,
+        "--epochs", args.epochs, "--max-old", args.max_old, "--stress-weight", default_stress_weight(),
         "--head-data", head_pool_subset(work, args.head_pool), "--head-max-epochs", 150,
     )
     report = json.loads((work / "round1" / "retrain_report.json").read_text())

@@ -53,7 +53,7 @@ def _load_state(path: Path) -> dict | None:
 
 
 def is_chgnet_file(path: str | os.PathLike) -> bool:
-    """True for CHGNet checkpoints; cheap for anything else (no chgnet import, no unpickling)."""
+    """True for CHGNet checkpoints (no chgnet import; weights-only loading never runs code)."""
     path = Path(path)
     return path.is_file() and _load_state(path) is not None
 
@@ -135,6 +135,10 @@ class CHGNetBackbone:
         state = _load_state(path)
         if state is None:
             raise ValueError(f"{path} is not a CHGNet checkpoint (a dict with model/model_args)")
+        if METADATA_KEY in state:
+            tag = json.loads(state[METADATA_KEY]).get("format")
+            if tag != FORMAT_TAG:
+                raise ValueError(f"CHGNet model file {path} has format {tag!r}; expected {FORMAT_TAG!r}")
         _require_chgnet()
         from chgnet.model import CHGNet
 

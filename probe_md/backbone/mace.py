@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
 
 from probe_md.backbone.base import StructurePrediction
+from probe_md.io_utils import atomic_output
 
 METADATA_FILE = "probe_md_backbone.json"
 FORMAT_TAG = "probe_md.mace/1"
@@ -98,15 +98,8 @@ def save_mace_model(model: torch.nn.Module, path: str | os.PathLike) -> MaceMeta
 
 
 def _atomic_jit_save(module, path: Path, extra_files: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.jit.save(module, tmp, _extra_files=extra_files)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as temporary:
+        torch.jit.save(module, str(temporary), _extra_files=extra_files)
 
 
 def is_torchscript_archive(path: Path) -> bool:

@@ -38,14 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new frames held out of training to report an honest error (default 0.25)")
     parser.add_argument("--epochs", type=int, default=5, help="mace_run_train --max_num_epochs (default 5)")
     parser.add_argument("--batch-size", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default 3e-4)")
+    parser.add_argument("--ema-decay", type=float, default=0.99,
+                        help="EMA of the weights during fine-tuning, 0 = off (default 0.99)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--stress-weight", type=float, default=0.0,
+                        help="also fit REF_stress with this weight (mace --loss=stress); 0 = energies and "
+                             "forces only (default 0; the embedded Cu default uses 1000)")
     parser.add_argument("--threshold", type=float, default=None, help="head error threshold (eV/Å)")
     parser.add_argument("--head-max-epochs", type=int, default=None)
     parser.add_argument("--no-export", action="store_true", help="do not write the fused model")
     parser.add_argument("--mace-args", default="",
-                        help="extra mace_run_train flags, quoted as one string (e.g. '--swa --ema')")
+                        help="extra mace_run_train flags as one string, e.g. --mace-args='--ema --ema_decay=0.99'")
     add_reference_key_arguments(parser)
 
 
@@ -88,10 +93,12 @@ def _retrain(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        ema_decay=args.ema_decay or None,
         seed=args.seed,
         device=args.device,
         head_threshold=args.threshold,
         head_max_epochs=args.head_max_epochs,
+        stress_weight=args.stress_weight,
         export=not args.no_export,
         extra_mace_args=shlex.split(args.mace_args),
         keys=reference_keys(args),

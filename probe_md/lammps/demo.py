@@ -57,8 +57,17 @@ def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
         say("probe-md demo: the embedded Cu model is not in this install; using a TINY RANDOM model "
             "(the run works, its reliability is meaningless)")
         return random_fused_model(target), "random"
-    from probe_md.export import export_fused_model
+    from probe_md.backbone.mace import file_sha256
+    from probe_md.export import export_fused_model, read_fused_metadata
 
+    if target.is_file():  # exported by an earlier demo run: reuse it if it is of these files
+        try:
+            hashes = read_fused_metadata(target).get("sha256", {})
+        except ValueError:
+            hashes = {}
+        if hashes == {"mace": file_sha256(mace_path), "head": file_sha256(head_path)}:
+            return target, "default"
+    say(f"probe-md demo: exporting the embedded Cu model to {target}")
     export_fused_model(mace_path, head_path, target)
     return target, "default"
 
@@ -111,6 +120,23 @@ def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in
     return "\n".join(lines)
 
 
+def on_root(comm, work):
+    """Run `work()` on rank 0 and hand its result to every rank; its error is raised on all
+    ranks (not only rank 0, which would leave the others waiting forever)."""
+    if comm is None:
+        return work()
+    outcome = None
+    if comm.Get_rank() == 0:
+        try:
+            outcome = (work(), None)
+        except Exception as error:  # noqa: BLE001 - re-raised below on every rank
+            outcome = (None, error)
+    result, error = comm.bcast(outcome, root=0)
+    if error is not None:
+        raise error
+    return result
+
+
 def plugin_available(say=print) -> bool:
     """True when the PROBE plugin is built or can be built now."""
     try:
@@ -129,9 +155,11 @@ def run_demo(
     backend: str = "auto",
     screen: bool = False,
     comm="auto",
+    model: str | os.PathLike | None = None,
 ) -> dict:
     """Run the demo; backend 'plugin' (MACE + PROBE), 'stand-in' (SNAP + thermal stand-in,
-    no MLIP: for development only) or 'auto' (plugin, else stand-in)."""
+    no MLIP: for development only) or 'auto' (plugin, else stand-in). `model`: a fused file
+    to use instead of the embedded Cu default."""
     from probe_md.lammps.driver import ThermalStandIn, _mpi_comm, run_lammps_input
     from probe_md.reference.cu_snap import cu_snap_lammps_commands
 
@@ -142,25 +170,17 @@ def run_demo(
     out_dir = Path(out_dir)
     if backend not in ("auto", "plugin", "stand-in"):
         raise ValueError(f"unknown demo backend {backend!r}: use auto, plugin or stand-in")
-    problem = None
-    if rank == 0:
-        try:
-            ensure_writable_dir(out_dir)
-        except PermissionError as error:
-            problem = str(error)
-    if comm is not None:
-        problem = comm.bcast(problem, root=0)
-    if problem:
-        raise PermissionError(problem)
-
+    on_root(comm, lambda: ensure_writable_dir(out_dir))
     if backend == "auto":
-        ok = plugin_available(say) if rank == 0 else None
-        backend = "plugin" if (comm.bcast(ok, root=0) if comm is not None else ok) else "stand-in"
+        backend = "plugin" if on_root(comm, lambda: plugin_available(say)) else "stand-in"
     model_kind = "none"
     if backend == "plugin":
-        # rank 0 exports the model once; the others wait for it
-        fused = resolve_fused_model(out_dir, say) if rank == 0 else None
-        fused, model_kind = comm.bcast(fused, root=0) if comm is not None else fused
+        if model is not None:
+            if not Path(model).is_file():
+                raise FileNotFoundError(f"fused model file {model} does not exist: write one with `probe-md export`")
+            fused, model_kind = Path(model).resolve(), "given"
+        else:  # rank 0 exports the model once; the others wait for it
+            fused, model_kind = on_root(comm, lambda: resolve_fused_model(out_dir, say))
         pair_commands = [f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
         source = None  # the input's own compute probe/reliability
     else:

