@@ -20,7 +20,7 @@ from typing import Final
 from probe_md.lammps.monitor import ensure_writable_dir
 
 CU_MASS: Final[float] = 63.546
-CU_FCC_A: Final[float] = 3.615  # Å
+CU_FCC_A: Final[float] = 3.636  # Å, the SNAP reference lattice constant the default MACE learned
 INPUT_FILE: Final[str] = "demo.in"
 FUSED_FILE: Final[str] = "cu_fused.pt"
 
