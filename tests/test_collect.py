@@ -90,6 +90,19 @@ def test_collect_max_prefers_the_outlier(tmp_path, backbone):
     assert result.frames[1].info["step"] == 5  # the strained, strongly rattled frame
 
 
+def test_frames_with_collapsed_atoms_are_dropped(tmp_path, backbone):
+    collapsed = cu_frame(1)
+    collapsed.positions[1] = collapsed.positions[0] + [0.4, 0.0, 0.0]  # an MD blow-up
+    run = write_run(tmp_path / "run", [cu_frame(0), collapsed], [10, 20], [0.3, 0.1])
+    result = collect_flagged([run], backbone, progress=False)
+    assert result.unphysical == 1 and [a.info["step"] for a in result.frames] == [10]
+    assert "1 with collapsed atoms" in result.summary()
+    with pytest.raises(ValueError, match="collapsed atoms"):
+        collect_flagged([write_run(tmp_path / "bad", [collapsed], [20], [0.1])], backbone, progress=False)
+    kept = collect_flagged([run], backbone, progress=False, min_bond_fraction=0.0)
+    assert kept.unphysical == 0 and len(kept.frames) == 2
+
+
 def test_missing_flagged_file_is_a_warning_and_all_missing_an_error(tmp_path, backbone):
     run = write_run(tmp_path / "run", [cu_frame(0)], [10], [0.2])
     quiet = tmp_path / "quiet"

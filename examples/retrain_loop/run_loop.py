@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     # 1. explore with the model in use
     t = time.perf_counter()
     fused0 = args.fused or shipped_fused_model(work)
-    probe_md("run", INPUT, "--var", f"model={fused0}", "--out", work / "round0", *md_flags)
+    if (work / "round0" / "summary.json").is_file():  # a finished exploration: reuse it
+        print(f"\nreusing the exploration in {work / 'round0'} (delete it to rerun)")
+    else:
+        probe_md("run", INPUT, "--var", f"model={fused0}", "--out", work / "round0", *md_flags)
     before_md = run_numbers(work / "round0", args.patience)
     timings["explore_s"] = time.perf_counter() - t
     if before_md["flagged_checks"] == 0:

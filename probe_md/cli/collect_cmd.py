@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probe_md.loop.collect import DEFAULT_MIN_DISTANCE
+from probe_md.loop.collect import DEFAULT_MIN_BOND_FRACTION, DEFAULT_MIN_DISTANCE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-distance", type=float, default=DEFAULT_MIN_DISTANCE,
                         help="frames closer than this in the scaled feature space are near-duplicates "
                              f"(default {DEFAULT_MIN_DISTANCE})")
+    parser.add_argument("--min-bond-fraction", type=float, default=DEFAULT_MIN_BOND_FRACTION,
+                        help="drop frames with two atoms closer than this x the sum of their covalent "
+                             f"radii: MD blow-ups (default {DEFAULT_MIN_BOND_FRACTION}; 0 keeps all)")
     parser.add_argument("--model", type=Path, default=None,
                         help="TorchScript MACE model whose features describe the frames (default: embedded Cu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,7 +37,8 @@ def _collect(args: argparse.Namespace) -> int:
     from probe_md.loop.collect import collect_flagged, write_extxyz_atomic
 
     backbone = MaceBackbone.from_file(args.model or default_model_path())
-    result = collect_flagged(args.runs, backbone, args.max_frames, args.min_distance, not args.no_progress)
+    result = collect_flagged(args.runs, backbone, args.max_frames, args.min_distance, not args.no_progress,
+                             args.min_bond_fraction)
     for warning in result.warnings:
         print(f"warning: {warning}")
     write_extxyz_atomic(args.output, result.frames)

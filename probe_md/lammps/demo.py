@@ -1,8 +1,10 @@
-"""The demo: fcc Cu heated from 300 K past melting in LAMMPS, monitored by PROBE.
+"""The demo: fcc Cu heated from 300 K towards 2500 K (past melting) in LAMMPS, monitored by PROBE.
 
-The crystal is what the embedded MACE was trained on; the melt is not. As the run heats,
-the reliability falls, flagged frames are written with per-atom importances, and after
-`patience` consecutive flagged checks the run halts with a restart file.
+The embedded MACE was trained on fcc Cu at 300-600 K only; the ramp to 2500 K would take it
+through the hot crystal into the melt. As the run heats, the reliability falls (with the
+default model: from 0.998 at 300 K to below 0.01 near 1000 K, around step 210), flagged
+frames are written with per-atom importances, and after `patience` consecutive flagged
+checks the run halts with a restart file, long before the melt.
 
 The demo writes its LAMMPS input (demo.in) into the output folder and runs it through the
 same driver as `probe-md run`, so what it does can be repeated with plain `lmp` + plugin.
@@ -107,7 +109,9 @@ def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in
         f"mass 1 {CU_MASS}",
         *pair_commands,
         f"timestep {config.timestep_ps}",
-        f"velocity all create {config.t_start_k} {config.seed} mom yes rot yes dist gaussian",
+        # loop geom: velocities depend on positions, not on atom ids (which create_atoms
+        # numbers per rank), so 1 and 2 ranks run the same trajectory
+        f"velocity all create {config.t_start_k} {config.seed} mom yes rot yes dist gaussian loop geom",
         f"fix nvt all nvt temp {config.t_start_k} {config.t_end_k} {config.thermostat_damping_ps}",
     ]
     if reliability_in_thermo:

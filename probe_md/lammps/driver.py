@@ -78,7 +78,7 @@ class ProbeComputeSource:
         vector = lmp.numpy.extract_compute(self.compute_id, LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
         importances = lmp.numpy.extract_compute(self.compute_id, LMP_STYLE_ATOM, LMP_TYPE_VECTOR)
         nlocal = lmp.extract_global("nlocal")
-        importances = np.ones(0) if importances is None else np.array(importances[:nlocal], dtype=float)
+        importances = np.ones(nlocal) if importances is None else np.array(importances[:nlocal], dtype=float)
         return Reading(float(vector[0]), float(vector[1]), importances)
 
 

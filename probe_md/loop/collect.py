@@ -1,7 +1,8 @@
 """Gather flagged frames from MD runs and pick a diverse, duplicate-free pool to label.
 
 Each run folder written by `probe-md run`/`demo` holds `flagged.extxyz` (see
-`probe_md.lammps.monitor`). Frames are described in the frozen feature space of the MACE
+`probe_md.lammps.monitor`). Frames where atoms collapsed (an MD blow-up) are dropped. The
+rest are described in the frozen feature space of the MACE
 backbone by the per-structure mean and max of the invariant per-atom features; exact
 copies (same numbers, positions, cell) are dropped by hash, then farthest-point sampling
 picks frames one by one, starting from the least reliable, each as far as possible from
@@ -33,6 +34,10 @@ INFO_COLLECT_ORDER: Final[str] = "collect_order"  # int, 0 = picked first by far
 # Frames whose descriptors differ by less than this (RMS over descriptor columns, in units of
 # each feature's spread over the pooled atoms) count as the same configuration.
 DEFAULT_MIN_DISTANCE: Final[float] = 0.01
+# Frames where two atoms are closer than this fraction of the sum of their covalent radii are
+# MD blow-ups (the MLIP let atoms collapse): labelling them wastes reference calls and their
+# huge forces would swamp a fine-tune, so they are dropped (DP-GEN's "failed" frames).
+DEFAULT_MIN_BOND_FRACTION: Final[float] = 0.6
 POSITION_DECIMALS: Final[int] = 6  # Å; exact-duplicate hashing ignores float noise below 1e-6 Å
 
 
@@ -43,6 +48,7 @@ class CollectResult:
     frames: list[ase.Atoms]  # selected, in selection order, provenance in info
     read: int  # frames read from all runs
     exact_duplicates: int  # dropped by hash
+    unphysical: int  # dropped: atoms closer than min_bond_fraction x covalent-radii sum
     near_duplicates: int  # dropped by min_distance
     not_selected: int  # distinct frames left out because of max_frames
     frames_per_run: dict[str, int] = field(default_factory=dict)
@@ -51,7 +57,8 @@ class CollectResult:
     def summary(self) -> str:
         return (
             f"read {self.read} flagged frames from {len(self.frames_per_run)} run(s); dropped "
-            f"{self.exact_duplicates} exact and {self.near_duplicates} near duplicates; "
+            f"{self.unphysical} with collapsed atoms, {self.exact_duplicates} exact and "
+            f"{self.near_duplicates} near duplicates; "
             f"{self.not_selected} distinct frames not selected (--max); kept {len(self.frames)}"
         )
 
@@ -95,6 +102,18 @@ def structure_key(atoms: ase.Atoms, decimals: int = POSITION_DECIMALS) -> str:
     digest.update(np.ascontiguousarray(np.round(atoms.cell.array, decimals) + 0.0).tobytes())
     digest.update(np.ascontiguousarray(atoms.pbc, dtype=bool).tobytes())
     return digest.hexdigest()
+
+
+def closest_pair_fraction(atoms: ase.Atoms) -> float:
+    """min over atom pairs of distance / (covalent radius i + covalent radius j); inf if none."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    radii = covalent_radii[atoms.numbers]
+    first, second, distances = neighbor_list("ijd", atoms, 2.0 * float(radii.max()))
+    if len(distances) == 0:
+        return float("inf")
+    return float(np.min(distances / (radii[first] + radii[second])))
 
 
 def pooled_descriptors(predictions: Sequence[StructurePrediction]) -> np.ndarray:
@@ -147,6 +166,7 @@ def collect_flagged(
     max_frames: int | None = None,
     min_distance: float = DEFAULT_MIN_DISTANCE,
     progress: bool = True,
+    min_bond_fraction: float = DEFAULT_MIN_BOND_FRACTION,
 ) -> CollectResult:
     """Read every run's flagged frames, drop duplicates and keep a diverse subset."""
     if max_frames is not None and max_frames < 1:
@@ -165,9 +185,15 @@ def collect_flagged(
     if not frames:
         raise ValueError(f"no flagged frames in {', '.join(map(str, runs))}: nothing to collect")
 
+    physical = [a for a in frames if closest_pair_fraction(a) >= min_bond_fraction]
+    if not physical:
+        raise ValueError(
+            f"all {len(frames)} flagged frames have collapsed atoms (closer than {min_bond_fraction} x "
+            "covalent radii): explore at milder conditions, or lower --min-bond-fraction"
+        )
     unique: list[ase.Atoms] = []
     seen: set[str] = set()
-    for atoms in frames:
+    for atoms in physical:
         key = structure_key(atoms)
         if key not in seen:
             seen.add(key)
@@ -189,7 +215,8 @@ def collect_flagged(
     return CollectResult(
         frames=chosen,
         read=len(frames),
-        exact_duplicates=len(frames) - len(unique),
+        unphysical=len(frames) - len(physical),
+        exact_duplicates=len(physical) - len(unique),
         near_duplicates=len(unique) - len(distinct),
         not_selected=len(distinct) - len(selected),
         frames_per_run=per_run,

@@ -42,8 +42,12 @@ RETRAINED_PICKLE: Final[str] = "retrained.model"
 MACE_RUN_NAME: Final[str] = "retrained"
 # Where examples/default_cu trains the embedded default (relative to the repository root).
 DEFAULT_CU_WORK: Final[Path] = Path(__file__).resolve().parents[2] / "examples" / "default_cu" / "work"
-# examples/default_cu/train_mace.py trains the main model (seed 1) in work/mace/seed1/.
-DEFAULT_CU_PICKLES: Final[tuple[str, ...]] = ("mace/seed1/cu_mace_seed1.model", "cu_mace.model")
+# examples/default_cu/train_mace.py trains the main model (seed 1) in work/mace/seed1/ and
+# ships its stage-two (SWA) model when there is one, else the stage-one model.
+DEFAULT_CU_PICKLES: Final[tuple[str, ...]] = (
+    "mace/seed1/cu_mace_seed1_stagetwo.model",
+    "mace/seed1/cu_mace_seed1.model",
+)
 
 
 @dataclass
