@@ -13,9 +13,10 @@ import ase.io
 import numpy as np
 import pytest
 
-from probe_md.lammps.driver import Reading, ThermalStandIn, run_lammps_input
+from probe_md.lammps.driver import Reading, run_lammps_input
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE
 from probe_md.lammps_runtime import import_lammps
+from stand_ins import ThermalStandIn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,8 @@ def test_two_ranks_agree_and_gather_whole_frames(heat_input, tmp_path):
     script = tmp_path / "two_ranks.py"
     script.write_text(
         "import json, sys\n"
-        "from probe_md.lammps.driver import ThermalStandIn, run_lammps_input\n"
+        "from probe_md.lammps.driver import run_lammps_input\n"
+        "from stand_ins import ThermalStandIn\n"
         f"s = run_lammps_input({str(heat_input)!r}, every=10, threshold=0.5, patience=3,\n"
         f"    out_dir={str(tmp_path / 'mpi')!r}, variables={{'T0': 300, 'NSTEPS': 3000}},\n"
         "    source=ThermalStandIn(midpoint_k=1200), screen=False, print_summary=False)\n"
@@ -141,7 +143,7 @@ def test_two_ranks_agree_and_gather_whole_frames(heat_input, tmp_path):
         f"open({str(tmp_path)!r} + f'/rank{{rank}}.json', 'w').write(\n"
         "    json.dumps([s['halt_step'], s['frames_written'], s['ranks']]))\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     mpirun = str(Path(sys.executable).parent / "mpirun")
     result = subprocess.run([mpirun, "-np", "2", sys.executable, str(script)], capture_output=True,
                             text=True, timeout=120, env=env, cwd=tmp_path)
@@ -258,14 +260,16 @@ def test_template_monitor_thermo_prints_reliability(tiny_fused, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the demo
-def test_demo_stand_in_heats_flags_and_halts(tmp_path, capsys):
-    """The demo's machinery end to end (SNAP forces, temperature stand-in: no MLIP needed)."""
+def test_demo_runs_the_plugin_flags_and_halts(tiny_fused, tmp_path, capsys):
+    """The demo end to end through the plugin (tiny model, so threshold 0.99 flags every check);
+    the embedded model's full demo is `probe-md demo` itself (minutes)."""
     from probe_md.cli.main import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--backend", "stand-in", "--out", str(out), "--steps", "600"]) == 0
+    assert main(["demo", "--model", str(tiny_fused), "--out", str(out), "--repeat", "2",
+                 "--steps", "40", "--every", "4", "--threshold", "0.99", "--patience", "3"]) == 0
     summary = json.loads((out / SUMMARY_FILE).read_text())
-    assert summary["backend"] == "stand-in" and summary["halted"]
-    assert 0 < summary["halt_step"] < 600 and summary["frames_written"] >= 3
+    assert summary["model"] == "given" and summary["halted"]
+    assert summary["halt_step"] == 8 and summary["frames_written"] == 3
     assert Path(summary["restart"]).is_file() and (out / "demo.in").is_file()
     assert "halted at step" in capsys.readouterr().out

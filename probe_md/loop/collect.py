@@ -25,7 +25,7 @@ import numpy as np
 
 from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.features import predict_dataset
-from probe_md.lammps.monitor import FLAGGED_FILE, INFO_RELIABILITY
+from probe_md.lammps.monitor import FLAGGED_FILE, INFO_LOGIT, INFO_RELIABILITY
 
 # provenance written into every collected frame's info (step/reliability/logit come from the run)
 INFO_RUN: Final[str] = "run"  # str, the run folder (or file) the frame was read from
@@ -201,8 +201,12 @@ def collect_flagged(
 
     predictions = predict_dataset(backbone, unique, description="collect features", progress=progress)
     descriptors = pooled_descriptors(predictions)
-    reliabilities = np.array([float(a.info.get(INFO_RELIABILITY, np.inf)) for a in unique])
-    start = int(np.argmin(reliabilities)) if np.isfinite(reliabilities).any() else 0
+    # Start from the least reliable frame; the logit still orders frames whose probability
+    # underflowed to 0.
+    unreliability = np.array(
+        [float(a.info.get(INFO_LOGIT, a.info.get(INFO_RELIABILITY, np.inf))) for a in unique]
+    )
+    start = int(np.argmin(unreliability)) if np.isfinite(unreliability).any() else 0
     # Without a cap, FPS runs until only near-duplicates are left: that is the de-duplication.
     distinct, _ = farthest_point_sampling(descriptors, None, min_distance, start)
     selected = distinct if max_frames is None else distinct[:max_frames]
