@@ -29,6 +29,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        with open(temporary, "rb+") as handle:  # data on disk before the rename makes it visible
+            os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
@@ -39,3 +41,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_output(path) as temporary:
         temporary.write_text(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from probe_md.backbone.mace_factory import build_mace_model
 from probe_md.export import FUSED_FORMAT, export_fused_model, read_fused_metadata
 from probe_md.head import HeadConfig, ProbeHead, atom_importance
 from probe_md.training import HeadInfo, save_head
+from ghosts import periodic_images
 
 
 def write_inputs(folder, dtype=torch.float64, seed=0):
@@ -33,22 +33,7 @@ def ghost_graph(atoms, r_max, num_layers):
     """LAMMPS-style graph of a periodic cell: local atoms first, then every periodic image
     within num_layers * r_max of a local atom; edges (sender, receiver) within r_max, no shifts.
     Returns positions [N_all,3], owner [N_all] (index of the local atom each one images), edges."""
-    cell = atoms.cell.array
-    local = atoms.positions
-    r_ghost = num_layers * r_max
-    heights = atoms.cell.volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-    reps = [int(math.ceil(r_ghost / h)) + 1 for h in heights]
-    tree = cKDTree(local)
-    positions, owner = [local], [np.arange(len(atoms))]
-    for shift in np.ndindex(*(2 * r + 1 for r in reps)):
-        n = np.array(shift) - np.array(reps)
-        if not n.any():
-            continue
-        images = local + n @ cell
-        keep = tree.query(images, distance_upper_bound=r_ghost)[0] < r_ghost
-        positions.append(images[keep])
-        owner.append(np.nonzero(keep)[0])
-    positions, owner = np.concatenate(positions), np.concatenate(owner)
+    positions, owner = periodic_images(atoms, num_layers * r_max)
     pairs = np.array(sorted(cKDTree(positions).query_pairs(r_max)), dtype=np.int64).reshape(-1, 2)
     edges = np.concatenate([pairs, pairs[:, ::-1]]).T  # both directions
     return positions, owner, edges

@@ -30,36 +30,22 @@ from probe_md.head import HeadConfig, ProbeHead, atom_importance
 from probe_md.lammps.mliap_unified import ProbeMliapUnified, spanning_tree, tree_pair_forces
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE
 from probe_md.training import HeadInfo, load_head, save_head
+from ghosts import periodic_images
 
 
 class FakeMliapData:
     """The attributes of LAMMPS's MLIAPDataPy that a unified model uses, for one periodic cell."""
 
     def __init__(self, atoms, element_types, cutoff, skin=1.0):
-        cell = atoms.cell.array
-        local = atoms.positions
-        ghost_cut = cutoff + skin  # LAMMPS keeps ghosts out to the pair cutoff + neighbour skin
-        heights = atoms.cell.volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        reps = [int(math.ceil(ghost_cut / h)) + 1 for h in heights]
-        tree = cKDTree(local)
-        positions, owner = [local], [np.arange(len(atoms))]
-        for shift in np.ndindex(*(2 * r + 1 for r in reps)):
-            n = np.array(shift) - np.array(reps)
-            if not n.any():
-                continue
-            images = local + n @ cell
-            keep = tree.query(images, distance_upper_bound=ghost_cut)[0] < ghost_cut
-            positions.append(images[keep])
-            owner.append(np.nonzero(keep)[0])
-        self.x = np.concatenate(positions)
-        self.owner = np.concatenate(owner)
+        # LAMMPS keeps ghosts out to the pair cutoff + neighbour skin
+        self.x, self.owner = periodic_images(atoms, cutoff + skin)
         self.nlocal = self.nlistatoms = len(atoms)
         self.ntotal = len(self.x)
         symbols = atoms.get_chemical_symbols()
         self.elems = np.array([element_types.index(symbols[o]) for o in self.owner], dtype=np.int32)
         # full neighbour list of local atoms, sorted by i like LAMMPS's
         pairs = []
-        for i, neighbours in enumerate(cKDTree(self.x).query_ball_point(local, cutoff)):
+        for i, neighbours in enumerate(cKDTree(self.x).query_ball_point(atoms.positions, cutoff)):
             pairs.extend((i, j) for j in sorted(neighbours) if j != i)
         pairs = np.array(pairs, dtype=np.int32)
         self.pair_i, self.pair_j = pairs[:, 0].copy(), pairs[:, 1].copy()

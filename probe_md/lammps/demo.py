@@ -167,7 +167,8 @@ def run_demo(
     summary.update({"model": model_kind, "demo_config": asdict(config),
                     "total_wall_seconds": round(time.perf_counter() - start, 2)})
     if rank == 0:
-        from probe_md.lammps.monitor import SUMMARY_FILE, atomic_write_bytes, format_summary
+        from probe_md.io_utils import atomic_write_bytes
+        from probe_md.lammps.monitor import SUMMARY_FILE, format_summary
         import json
 
         atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())

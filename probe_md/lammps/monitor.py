@@ -26,6 +26,8 @@ from typing import Final, Sequence
 
 import numpy as np
 
+from probe_md.io_utils import atomic_write_bytes
+
 ACTIONS: Final[tuple[str, ...]] = ("dump", "halt")
 
 LOG_FILE: Final[str] = "reliability.jsonl"
@@ -102,20 +104,6 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
             f"output directory {path} is not writable ({error.strerror or error}): choose another with --out"
         ) from None
     return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def frame_extxyz_text(
