@@ -65,8 +65,22 @@ RUNNER = textwrap.dedent(
         lmp.command(line)
     if cfg.get("md"):
         md = [lmp.get_thermo("step"), lmp.extract_compute("rel", 0, 0), lmp.get_thermo("vol")]
+    # A reliability series: `chunks` runs of `every` steps, each ending on a scored step.
+    series, early_positions = [], []
+    if cfg.get("series"):
+        for line in cfg["series"]["setup"]:
+            lmp.command(line)
+        for k in range(cfg["series"]["chunks"]):
+            # `pre no` skips setup, which the fix just added needs once
+            lmp.command(f"run {cfg['series']['every']} pre {'yes' if k == 0 else 'no'} post no")
+            series.append([lmp.get_thermo("step"), lmp.extract_compute("rel", 0, 0)])
+            if k < 3:
+                early_positions.append(np.array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3))
     if me == 0:
         result["md"] = md
+        result["series"] = series
+        if early_positions:
+            np.save(cfg["out"] + "_positions.npy", np.array(early_positions))
         np.savez(cfg["out"], forces=forces, importance=importance, eatom=eatom)
         json.dump(result, open(cfg["out"] + ".json", "w"))
     lmp.close()
@@ -132,7 +146,7 @@ def commands(plugin, fused, data_file, elements="Cu", extra=()):
     ]
 
 
-def run_lammps(plugin, files, atoms, name, nprocs=1, md=()):
+def run_lammps(plugin, files, atoms, name, nprocs=1, md=(), series=None):
     folder = files["folder"]
     data_file = folder / f"{name}.data"
     ase.io.write(data_file, atoms, format="lammps-data", specorder=["Cu"], masses=True)
@@ -140,7 +154,8 @@ def run_lammps(plugin, files, atoms, name, nprocs=1, md=()):
     runner.write_text(RUNNER)
     out = str(folder / f"{name}_np{nprocs}")
     config = folder / f"{name}_np{nprocs}.json.in"
-    config.write_text(json.dumps({"commands": commands(plugin, files["fused"], data_file), "md": list(md), "out": out}))
+    config.write_text(json.dumps({"commands": commands(plugin, files["fused"], data_file), "md": list(md),
+                                  "series": series, "out": out}))
     launcher = [] if nprocs == 1 else [MPIRUN, "-np", str(nprocs)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([*launcher, sys.executable, str(runner), str(config)], capture_output=True, text=True, env=env, timeout=300)
@@ -209,6 +224,29 @@ def test_two_ranks_equal_one_rank(plugin, model_files):
     np.testing.assert_allclose(two["probability"], ref["probability"], atol=1e-4)
     assert one["md"][0] == two["md"][0] == 2 * EVERY
     np.testing.assert_allclose(two["md"][1], one["md"][1], rtol=0, atol=1e-9, err_msg="probability after MD")
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found (pip install mpich)")
+def test_nvt_reliability_series_same_on_one_and_two_ranks(plugin, model_files):
+    """201 steps of NVT at 600 K: the reliability series agrees to 1e-6 between 1 and 2 ranks,
+    and the first steps' trajectories agree to float64 round-off."""
+    atoms = cu_structure("cubic").repeat((2, 1, 1))
+    series = {
+        "setup": ["velocity all create 600 11 loop geom", "fix md all nvt temp 600 600 0.1"],
+        "every": EVERY,
+        "chunks": 67,
+    }
+    one, _ = run_lammps(plugin, model_files, atoms, "nvt", nprocs=1, series=series)
+    two, _ = run_lammps(plugin, model_files, atoms, "nvt", nprocs=2, series=series)
+    steps_one, p_one = np.array(one["series"]).T
+    steps_two, p_two = np.array(two["series"]).T
+    assert steps_one[-1] == 201 and np.array_equal(steps_one, steps_two)
+    np.testing.assert_allclose(p_two, p_one, rtol=0, atol=1e-6, err_msg="reliability series, 1 vs 2 ranks")
+    assert np.ptp(p_one) > 1e-6  # the score really moves along the trajectory
+    folder = model_files["folder"]
+    x_one = np.load(folder / "nvt_np1_positions.npy")
+    x_two = np.load(folder / "nvt_np2_positions.npy")
+    np.testing.assert_allclose(x_two, x_one, rtol=0, atol=1e-10, err_msg="first steps' positions")
 
 
 def test_npt_runs_and_scores(plugin, model_files):
