@@ -12,6 +12,7 @@ from ase.build import bulk
 
 from probe_md.backbone import Backbone
 from probe_md.backbone.chgnet import CHGNetBackbone, is_chgnet_file, save_chgnet_model
+from backbone_contract import check_batching_and_forces, check_invariances  # noqa: E402
 
 
 def build_tiny_chgnet(seed: int = 0):
@@ -56,35 +57,15 @@ def test_contract_and_save_load_roundtrip(tiny_chgnet_path):
 
 def test_batched_equals_single_and_forces_are_gradients(tiny_chgnet_path):
     backbone = CHGNetBackbone.from_file(tiny_chgnet_path, batch_size=2)
-    structures = [_cell(3), _cell(4), _cell(5)]
-    batched = backbone.predict(structures)
-    single = backbone.predict(structures[2:])[0]
-    assert abs(batched[2].energy - single.energy) < 1e-5
-    np.testing.assert_allclose(batched[2].forces, single.forces, atol=1e-5)
-    np.testing.assert_allclose(batched[2].features, single.features, atol=1e-5)
     # CHGNet runs in float32: central differences with a step large enough for its precision.
-    atoms, step = structures[0].copy(), 1e-2
-    atoms.positions[0, 0] += step
-    e_plus = backbone.predict([atoms])[0].energy
-    atoms.positions[0, 0] -= 2 * step
-    e_minus = backbone.predict([atoms])[0].energy
-    force = batched[0].forces[0, 0]
-    assert abs(-(e_plus - e_minus) / (2 * step) - force) < 1e-3 + 0.02 * abs(force)
+    check_batching_and_forces(
+        backbone, [_cell(3), _cell(4), _cell(5)], tol=1e-5, fd_step=1e-2,
+        fd_tol=lambda force: 1e-3 + 0.02 * abs(force),
+    )
 
 
 def test_features_invariant_to_rotation_translation_permutation(tiny_chgnet_path):
-    backbone = CHGNetBackbone.from_file(tiny_chgnet_path)
-    atoms = _cell(6)
-    moved = atoms.copy()
-    moved.rotate(37, "x", rotate_cell=True)
-    moved.rotate(11, "z", rotate_cell=True)
-    moved.translate([0.3, -1.2, 2.0])
-    order = np.random.default_rng(0).permutation(len(atoms))
-    permuted = atoms[order]
-    base, rot, perm = backbone.predict([atoms, moved, permuted])
-    np.testing.assert_allclose(rot.features, base.features, atol=1e-4)
-    np.testing.assert_allclose(perm.features, base.features[order], atol=1e-4)
-    assert abs(rot.energy - base.energy) < 1e-4
+    check_invariances(CHGNetBackbone.from_file(tiny_chgnet_path), _cell(6), tol=1e-4)
 
 
 def test_file_detection_and_one_line_errors(tmp_path, tiny_chgnet_path, tiny_mace_path):

@@ -6,6 +6,7 @@ from ase.build import bulk
 from probe_md.backbone import Backbone
 from probe_md.backbone.mace import MaceBackbone, invariant_feature_columns, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
+from backbone_contract import check_batching_and_forces, check_invariances
 
 
 def _cell(seed=0):
@@ -38,30 +39,13 @@ def test_torchscript_save_load_matches_python_model(tmp_path):
 
 def test_batched_equals_single_and_forces_are_gradients(tiny_mace_path):
     backbone = MaceBackbone.from_file(tiny_mace_path, batch_size=2)
-    structures = [_cell(3), _cell(4), _cell(5)]
-    batched = backbone.predict(structures)
-    single = backbone.predict(structures[2:])[0]
-    np.testing.assert_allclose(batched[2].forces, single.forces, atol=1e-10)
-    atoms, step = structures[0].copy(), 1e-5
-    atoms.positions[0, 0] += step
-    e_plus = backbone.predict([atoms])[0].energy
-    atoms.positions[0, 0] -= 2 * step
-    e_minus = backbone.predict([atoms])[0].energy
-    assert abs(-(e_plus - e_minus) / (2 * step) - batched[0].forces[0, 0]) < 1e-5
+    check_batching_and_forces(
+        backbone, [_cell(3), _cell(4), _cell(5)], tol=1e-10, fd_step=1e-5, fd_tol=lambda f: 1e-5
+    )
 
 
 def test_features_invariant_to_rotation_translation_permutation(tiny_mace_path):
-    backbone = MaceBackbone.from_file(tiny_mace_path)
-    atoms = _cell(6)
-    moved = atoms.copy()
-    moved.rotate(37, "x", rotate_cell=True)
-    moved.rotate(11, "z", rotate_cell=True)
-    moved.translate([0.3, -1.2, 2.0])
-    order = np.random.default_rng(0).permutation(len(atoms))
-    permuted = atoms[order]
-    base, rot, perm = backbone.predict([atoms, moved, permuted])
-    np.testing.assert_allclose(rot.features, base.features, atol=1e-9)
-    np.testing.assert_allclose(perm.features, base.features[order], atol=1e-9)
+    check_invariances(MaceBackbone.from_file(tiny_mace_path), _cell(6), tol=1e-9)
 
 
 def test_bad_model_files(tmp_path, tiny_mace_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.features import predict_dataset
+from probe_md.io_utils import atomic_write_text
 from probe_md.lammps.monitor import FLAGGED_FILE, INFO_LOGIT, INFO_RELIABILITY
 
 # provenance written into every collected frame's info (step/reliability/logit come from the run)
@@ -234,15 +234,6 @@ def write_extxyz_atomic(path: str | os.PathLike, structures: Sequence[ase.Atoms]
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     ase.io.write(buffer, list(structures), format="extxyz")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_text(path, buffer.getvalue())
     return path
 

@@ -390,7 +390,7 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         "wall_seconds": round(time.time() - started, 1),
     }
     report_path = out_dir / REPORT_FILE
-    from probe_md.lammps.monitor import atomic_write_bytes
+    from probe_md.io_utils import atomic_write_bytes
 
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     report["files"]["report"] = str(report_path)
