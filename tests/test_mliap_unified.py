@@ -15,17 +15,13 @@ import pickle
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-try:
-    from probe_md.export import export_fused_model
-except ImportError as error:  # the export module is being written by someone else
-    pytest.skip(f"fused model export is not available yet ({error})", allow_module_level=True)
-
+import torch
 from ase.build import bulk
 from scipy.spatial import cKDTree
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
+from probe_md.export import export_fused_model
 from probe_md.head import HeadConfig, ProbeHead, atom_importance
 from probe_md.lammps.mliap_unified import ProbeMliapUnified, spanning_tree, tree_pair_forces
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE
