@@ -16,9 +16,11 @@ from probe_md.loop.retrain import (
     format_report,
     foundation_e0s,
     foundation_mismatch_ev_per_a,
+    kept_criterion,
     mace_arguments,
     retrain,
     split_new_frames,
+    split_new_frames_three_ways,
 )
 
 from conftest import rattled_cu
@@ -49,6 +51,17 @@ def test_split_new_frames_holds_out_at_least_one():
         split_new_frames(frames, 1.0, seed=0)
 
 
+def test_three_way_split_keeps_every_frame_once():
+    frames = rattled_cu(10, seed=2, size=1)
+    split = split_new_frames_three_ways(frames, 0.2, 0.25, seed=0)
+    assert (len(split.train), len(split.valid), len(split.holdout)) == (6, 2, 2)
+    ids = sorted(id(a) for a in split.train + split.valid + split.holdout)
+    assert ids == sorted(id(a) for a in frames)
+    assert split_new_frames_three_ways(frames, 0.2, 0.0, seed=0).valid == []
+    with pytest.raises(ValueError, match="validation fraction"):
+        split_new_frames_three_ways(frames, 0.2, 1.5, seed=0)
+
+
 def test_mace_arguments_fine_tune_the_foundation(tmp_path):
     config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[tmp_path / "n.extxyz"],
                            out_dir=tmp_path, epochs=3, extra_mace_args=["--ema"])
@@ -62,6 +75,19 @@ def test_mace_arguments_fine_tune_the_foundation(tmp_path):
     with_stress = mace_arguments(config, tmp_path / "train.extxyz", None)
     assert {"--loss=stress", "--stress_key=REF_stress", "--stress_weight=1000.0"} <= set(with_stress)
     assert "--valid_fraction=0.1" in arguments and arguments[-1] == "--ema"
+    assert {"--energy_weight=1.0", "--forces_weight=100.0"} <= set(arguments)
+    assert not any(a.startswith("--config_type_weights") for a in arguments)
+    config.energy_weight, config.new_frame_weight = 1000.0, 4.0
+    weighted = mace_arguments(config, tmp_path / "train.extxyz", None)
+    assert "--energy_weight=1000.0" in weighted
+    assert "--config_type_weights={'probe_md_flagged': 4.0}" in weighted
+
+
+def test_retrain_rejects_bad_weights(tmp_path, tiny_pickled_model):
+    config = RetrainConfig(foundation_model=tiny_pickled_model, new_data=[tmp_path / "n.extxyz"],
+                           out_dir=tmp_path, energy_weight=-1.0)
+    with pytest.raises(ValueError, match="--energy-weight must be >= 0"):
+        retrain(config)
 
 
 def test_retrain_cli_names_a_missing_foundation(tmp_path, capsys):
@@ -89,6 +115,23 @@ def test_foundation_mismatch_detects_another_model(tmp_path, tiny_pickled_model,
     assert foundation_mismatch_ev_per_a(other, pickled, structures) > 1e-3
 
 
+def test_refitted_head_keeps_the_criterion_of_the_head_in_use(tmp_path):
+    from probe_md.head import HeadConfig, ProbeHead
+    from probe_md.training import HeadInfo, save_head
+
+    head_path = tmp_path / "head.pt"
+    save_head(ProbeHead(HeadConfig(feature_dim=4)).eval(), HeadInfo("force-max", 0.07, "t"), head_path)
+    config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[], out_dir=tmp_path)
+    assert kept_criterion(config) == ("force-rmse", None)  # probe-md train's own rule
+    config.before_head = head_path
+    assert kept_criterion(config) == ("force-max", 0.07)
+    config.head_threshold = 0.1  # an explicit threshold wins
+    assert kept_criterion(config) == ("force-max", 0.1)
+    config.before_head = tmp_path / "missing.pt"
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        kept_criterion(config)
+
+
 def test_foundation_e0s_reads_per_head_energies(tiny_pickled_model):
     model = torch.load(tiny_pickled_model, weights_only=False)
     assert foundation_e0s(model) == {29: pytest.approx(-3.0)}
@@ -96,7 +139,7 @@ def test_foundation_e0s_reads_per_head_energies(tiny_pickled_model):
 
 def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz):
     """1 epoch of mace_run_train on 16 tiny cells; takes ~30-60 s on one core."""
-    new = write(tmp_path / "new.extxyz", rattled_cu(4, seed=11, amplitude=(0.2, 0.3), size=1))
+    new = write(tmp_path / "new.extxyz", rattled_cu(5, seed=11, amplitude=(0.2, 0.3), size=1))
     old = write(tmp_path / "old.extxyz", rattled_cu(12, seed=12, amplitude=(0.01, 0.1), size=1))
     valid = write(tmp_path / "valid.extxyz", rattled_cu(4, seed=13, amplitude=(0.01, 0.1), size=1))
     out = tmp_path / "round1"
@@ -111,15 +154,22 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz):
         batch_size=4,
         head_threshold=0.3,
         head_max_epochs=3,
+        new_valid_fraction=0.25,
+        new_frame_weight=3.0,
     ), progress_print=lambda *_: None)
 
-    assert report["frames"] == {"new_train": 3, "new_holdout": 1, "old_replayed": 12, "valid": 4}
+    assert report["frames"] == {"new_train": 3, "new_valid": 1, "new_holdout": 1, "old_replayed": 12, "valid": 4}
     for when in ("errors_before", "errors_after"):
         assert report[when]["new_holdout"]["structures"] == 1
         assert report[when]["valid"]["force_rmse_ev_per_a"] > 0
     # training moved the weights: the errors changed
     assert report["errors_after"]["new_train"] != report["errors_before"]["new_train"]
-    assert len(ase.io.read(out / "data" / "train.extxyz", ":")) == 15
+    trained_on = ase.io.read(out / "data" / "train.extxyz", ":")
+    assert len(trained_on) == 15
+    assert sum(a.info["config_type"] == "probe_md_flagged" for a in trained_on) == 3  # weighted by type
+    validated_on = ase.io.read(out / "data" / "valid.extxyz", ":")
+    assert len(validated_on) == 5 and validated_on[-1].info["config_type"] == "probe_md_flagged"
+    assert "--config_type_weights={'probe_md_flagged': 3.0}" in (out / "mace_train.log").read_text()
     backbone = MaceBackbone.from_file(out / "model.pt")  # TorchScript in the project's format
     assert backbone.species == ("Cu",)
     assert (out / "retrained.model").is_file()  # the next round's foundation model

@@ -1,19 +1,21 @@
-"""One explore -> collect -> label -> retrain -> rerun loop on the embedded Cu default.
+"""Explore -> collect -> label -> retrain -> rerun rounds on the embedded Cu default.
 
-  1. explore  `probe-md run hot_cu.in` with the shipped fused model: hot fcc Cu, PROBE
-              scores every N steps and dumps flagged frames (no halt, so the whole run is
-              seen; the step where `--patience` consecutive flags would have halted it is
-              read from reliability.jsonl: monitoring does not change the trajectory)
+  1. explore  `probe-md run hot_cu.in` (fcc Cu heated 600 -> 1200 K) with the model in use:
+              PROBE scores every N steps and dumps flagged frames; the run is not halted, so
+              all of it is seen, and the step where `--patience` consecutive flags would have
+              halted it is read from reliability.jsonl (monitoring does not change the trajectory)
   2. collect  `probe-md collect`: a diverse, duplicate-free subset of the flagged frames
   3. label    `probe-md label --calculator cu-snap`: the SNAP reference the default was fitted to
-  4. retrain  `probe-md retrain`: mace_run_train fine-tunes the default's pickled model on
-              old + new data, the PROBE head is refitted, the fused model exported
-  5. rerun    the same input with the retrained fused model
+  4. retrain  `probe-md retrain`: mace_run_train fine-tunes the previous model (round 1: the
+              default's pickled model) on replayed old + new data, the PROBE head is refitted
+              with the same threshold, the fused model exported
+  5. rerun    the same input with the retrained fused model: the exploration of the next round
 
-Needs examples/default_cu to have been run (its work/ folder holds the pickled MACE and
-the data sets). Usage, from the repository root:
+Files in --work: md0/ (the model in use), pool1.extxyz, labelled1.extxyz, round1/ (retrain),
+md1/ (rerun), pool2.extxyz, ...; with --verify, verify_md<N>/ and verify_labelled<N>.extxyz. Needs examples/default_cu to have been run (its work/
+folder holds the pickled MACE and the data sets). Usage, from the repository root:
 
-    OMP_NUM_THREADS=1 python examples/retrain_loop/run_loop.py [--steps 200] [--epochs 5]
+    python examples/retrain_loop/run_loop.py [--rounds 1] [--steps 400] [--epochs 40]
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def shipped_fused_model(work: Path) -> Path:
     return target
 
 
-def run_numbers(run_dir: Path, patience: int) -> dict:
-    """Checks, flagged fraction and the step at which `patience` consecutive flags halt."""
+def run_numbers(run_dir: Path, patience: int, ramp_k: tuple[float, float], steps: int) -> dict:
+    """Checks, flagged fraction, the step at which `patience` consecutive flags halt, and the
+    thermostat target there (the instantaneous temperature of 108 atoms swings by ±100 K)."""
     checks = [json.loads(line) for line in (run_dir / "reliability.jsonl").read_text().splitlines() if line]
     consecutive, halt_step = 0, None
     for check in checks:
@@ -67,6 +70,8 @@ def run_numbers(run_dir: Path, patience: int) -> dict:
             halt_step = check["step"]
     flagged = sum(check["flagged"] for check in checks)
     return {
+        "target_temperature_at_halt_k": None if halt_step is None
+        else ramp_k[0] + (ramp_k[1] - ramp_k[0]) * halt_step / steps,
         "checks": len(checks),
         "flagged_checks": flagged,
         "flagged_fraction": flagged / max(len(checks), 1),
@@ -76,19 +81,25 @@ def run_numbers(run_dir: Path, patience: int) -> dict:
     }
 
 
-def default_stress_weight() -> float:
-    """The stress weight the default was trained with (examples/default_cu/train_mace.py), or 0."""
+def default_loss_weights() -> dict[str, float]:
+    """The loss weights of the default's last training stage (examples/default_cu/train_mace.py).
+
+    Fine-tuning with other weights trades what the foundation fitted: with mace's default
+    energy weight 1 instead of the stage-two 1000, a 5-epoch fine-tune moved the validation
+    energy error from 0.6 to 8 meV/atom.
+    """
     sys.path.insert(0, str(HERE.parent / "default_cu"))
     try:
         from train_mace import MACE_HYPERPARAMETERS
-    except ImportError:
-        return 0.0
     finally:
         sys.path.pop(0)
-    if "--loss=stress" not in MACE_HYPERPARAMETERS:
-        return 0.0
-    weights = [flag.split("=", 1)[1] for flag in MACE_HYPERPARAMETERS if flag.startswith("--stress_weight=")]
-    return float(weights[0]) if weights else 1.0
+    flags = dict(flag.split("=", 1) for flag in MACE_HYPERPARAMETERS if "=" in flag)
+    stage = "--swa_" if "--swa" in MACE_HYPERPARAMETERS else "--"
+    weights = {name: float(flags.get(f"{stage}{name}_weight", flags.get(f"--{name}_weight", default)))
+               for name, default in (("energy", 1.0), ("forces", 100.0), ("stress", 1.0))}
+    if flags.get("--loss") != "stress":
+        weights["stress"] = 0.0
+    return weights
 
 
 def head_pool_subset(work: Path, size: int, seed: int = 0) -> Path:
@@ -106,67 +117,86 @@ def head_pool_subset(work: Path, size: int, seed: int = 0) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=HERE / "work")
-    parser.add_argument("--steps", type=int, default=200, help="MD steps per run")
-    parser.add_argument("--every", type=int, default=10, help="PROBE check interval (steps)")
-    parser.add_argument("--patience", type=int, default=3, help="consecutive flags that halt a run")
-    parser.add_argument("--max-frames", type=int, default=16, help="frames to label")
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
-    parser.add_argument("--max-old", type=int, default=100, help="old training frames replayed")
-    parser.add_argument("--head-pool", type=int, default=400, help="head-pool structures for the refit")
-    parser.add_argument("--fused", type=Path, default=None,
-                        help="fused model to explore with (default: the embedded default's); its MACE "
-                             "must be the embedded one, which collect and retrain use")
-    args = parser.parse_args(argv)
-    for name in ("mlip_train.extxyz", "mlip_valid.extxyz", "head_pool.extxyz"):
-        if not (DEFAULT_CU_WORK / name).is_file():
-            raise SystemExit(f"{DEFAULT_CU_WORK / name} is missing: run examples/default_cu first (see its README)")
+def replay_data(work: Path, round_index: int, max_old: int, seed: int = 0) -> Path:
+    """Old data replayed in round `round_index`: `max_old` random frames of the default's training
+    set plus every frame earlier rounds trained on (they are part of the model by now)."""
+    import ase.io
+    import numpy as np
 
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    timings = {}
-    md_flags = ["--every", args.every, "--on-drop", "dump", "--quiet", "--var", f"nsteps={args.steps}"]
+    from probe_md.loop.collect import write_extxyz_atomic
 
-    # 1. explore with the model in use
-    t = time.perf_counter()
-    fused0 = args.fused or shipped_fused_model(work)
-    if (work / "round0" / "summary.json").is_file():  # a finished exploration: reuse it
-        print(f"\nreusing the exploration in {work / 'round0'} (delete it to rerun)")
+    target = work / f"replay{round_index}.extxyz"
+    old = ase.io.read(DEFAULT_CU_WORK / "mlip_train.extxyz", ":")
+    keep = np.sort(np.random.default_rng(seed).choice(len(old), min(max_old, len(old)), replace=False))
+    frames = [old[i] for i in keep]
+    for earlier in range(1, round_index):
+        frames += ase.io.read(work / f"round{earlier}" / "data" / "new_train.extxyz", ":")
+    write_extxyz_atomic(target, frames)
+    return target
+
+
+def clear_stale_work(work: Path, settings: dict) -> None:
+    """Drop the outputs of a loop run with other settings: reusing them would mix two protocols
+    (and mace_run_train --restart_latest would resume the old fine-tune). More --rounds reuse
+    the finished ones."""
+    import hashlib
+    import shutil
+
+    settings = {**settings, "input_sha256": hashlib.sha256(INPUT.read_bytes()).hexdigest()}
+    record = work / "loop_settings.json"
+    if record.is_file() and json.loads(record.read_text()) == settings:
+        return
+    stale = sorted(p for pattern in ("md*", "pool*.extxyz", "labelled*", "replay*.extxyz", "round*", "verify*")
+                   for p in work.glob(pattern))
+    if stale:
+        print(f"settings changed since the last loop in {work}: removing {', '.join(p.name for p in stale)}")
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    record.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def md_run(work: Path, index: int, fused: Path, md_flags: list) -> Path:
+    """MD with the model of round `index` (0: the one in use) into work/md{index}, once."""
+    run_dir = work / f"md{index}"
+    if (run_dir / "summary.json").is_file():
+        print(f"\nreusing the finished run {run_dir} (same settings; delete it to rerun)")
     else:
-        probe_md("run", INPUT, "--var", f"model={fused0}", "--out", work / "round0", *md_flags)
-    before_md = run_numbers(work / "round0", args.patience)
-    timings["explore_s"] = time.perf_counter() - t
-    if before_md["flagged_checks"] == 0:
-        raise SystemExit("the exploration flagged nothing: raise t_md in hot_cu.in or --steps")
+        probe_md("run", INPUT, "--var", f"model={fused}", "--out", run_dir, *md_flags)
+    return run_dir
 
-    # 2-3. collect and label
-    t = time.perf_counter()
-    probe_md("collect", work / "round0", "-o", work / "pool.extxyz", "--max", args.max_frames, "--no-progress")
-    probe_md("label", work / "pool.extxyz", "-o", work / "labelled.extxyz", "--calculator", "cu-snap", "--no-progress")
-    timings["collect_label_s"] = time.perf_counter() - t
 
-    # 4. retrain: the default's pickled model, its data sets and a subset of its head pool
-    t = time.perf_counter()
-    probe_md(
-        "retrain", "--new-data", work / "labelled.extxyz", "-o", work / "round1",
-        "--epochs", args.epochs, "--max-old", args.max_old, "--stress-weight", default_stress_weight(),
-        "--head-data", head_pool_subset(work, args.head_pool), "--head-max-epochs", 150,
-    )
-    report = json.loads((work / "round1" / "retrain_report.json").read_text())
-    timings["retrain_s"] = time.perf_counter() - t
-    fused1 = Path(report["files"].get("fused", ""))
-    if not fused1.is_file():
-        raise SystemExit(f"no retrained fused model ({'; '.join(report['notes'])}): cannot rerun")
+def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
+    """Collect the flagged frames of md{index-1}, label them, fine-tune the previous round's model."""
+    from probe_md import defaults
+    from probe_md.loop.retrain import default_foundation_model
 
-    # 5. rerun the same input with the retrained model
-    t = time.perf_counter()
-    probe_md("run", INPUT, "--var", f"model={fused1}", "--out", work / "round1_md", *md_flags)
-    after_md = run_numbers(work / "round1_md", args.patience)
-    timings["rerun_s"] = time.perf_counter() - t
+    previous = work / f"round{index - 1}"
+    first = index == 1
+    pool, labelled, out = work / f"pool{index}.extxyz", work / f"labelled{index}.extxyz", work / f"round{index}"
+    probe_md("collect", work / f"md{index - 1}", "-o", pool, "--max", args.max_frames, "--no-progress")
+    probe_md("label", pool, "-o", labelled, "--calculator", "cu-snap", "--no-progress")
+    if (out / "retrain_report.json").is_file() and (out / "fused.pt").is_file():
+        print(f"\nreusing the finished retrain {out}")
+    else:
+        probe_md(
+            "retrain", "--new-data", labelled, "-o", out,
+            "--foundation-model", default_foundation_model() if first else previous / "retrained.model",
+            "--before-model", defaults.default_model_path() if first else previous / "model.pt",
+            "--before-head", defaults.default_head_path() if first else previous / "head.pt",
+            "--old-data", replay_data(work, index, args.max_old), "--valid-data", DEFAULT_CU_WORK / "mlip_valid.extxyz",
+            "--head-data", head_pool_subset(work, args.head_pool), "--head-max-epochs", 150,
+            "--epochs", args.epochs, "--lr", args.lr,
+            "--energy-weight", weights["energy"], "--forces-weight", weights["forces"],
+            "--stress-weight", weights["stress"], "--new-frame-weight", args.new_frame_weight,
+            "--new-valid-fraction", 0.15,
+        )
+    report = json.loads((out / "retrain_report.json").read_text())
+    if not (out / "fused.pt").is_file():
+        raise SystemExit(f"round {index}: no retrained fused model ({'; '.join(report['notes'])}): cannot rerun")
+    return report
 
+
+def print_round(index: int, report: dict, before_md: dict, after_md: dict, args) -> None:
     errors_before, errors_after = report["errors_before"], report["errors_after"]
     rows = [
         ("force RMSE, new frames held out (eV/Å)",
@@ -178,22 +208,118 @@ def main(argv: list[str] | None = None) -> None:
         ("flagged checks (fraction)", before_md["flagged_fraction"], after_md["flagged_fraction"]),
         ("mean P(reliable) over the run", before_md["mean_reliability"], after_md["mean_reliability"]),
         (f"steps before halting (patience {args.patience})", before_md["halt_step"], after_md["halt_step"]),
+        ("thermostat target at that step (K)",
+         before_md["target_temperature_at_halt_k"], after_md["target_temperature_at_halt_k"]),
     ]
-    print(f"\nretrain loop: {args.steps} MD steps per run, {report['frames']['new_train']} new frames trained on, "
-          f"{report['frames']['new_holdout']} held out, {args.epochs} epochs")
+    frames = report["frames"]
+    print(f"\nround {index}: {args.steps} MD steps per run, {frames['new_train']} new frames trained on, "
+          f"{frames['new_valid']} validated on, {frames['new_holdout']} held out, {args.epochs} epochs")
     print(f"{'':<46}{'before':>10}{'after':>10}")
     for label, before, after in rows:
-        def cell(value):
-            if value is None:
-                return f"{'no halt':>10}"
-            return f"{value:>10.4f}" if isinstance(value, float) else f"{value:>10}"
-        print(f"{label:<46}{cell(before)}{cell(after)}")
-    summary = {"before_md": before_md, "after_md": after_md, "retrain_report": report,
-               "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        print(f"{label:<46}{_cell(before)}{_cell(after)}")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return f"{'no halt':>10}"
+    return f"{value:>10.4f}" if isinstance(value, float) else f"{value:>10}"
+
+
+def verify_last_run(work: Path, rounds: int, md_flags: list, every: int = 20) -> dict:
+    """Ground truth for the last model's run: the same MD, every `every`-th step dumped, labelled
+    with the reference; force RMSE of every round's model on those frames vs P(reliable)."""
+    import ase.io
+    import numpy as np
+
+    from probe_md import defaults
+    from probe_md.backbone.mace import MaceBackbone
+    from probe_md.training import load_head
+
+    run_dir = work / f"verify_md{rounds}"
+    flags = [*md_flags[2:], "--every", every, "--threshold", 0.9999]  # flag (and so dump) every check
+    if not (run_dir / "summary.json").is_file():
+        probe_md("run", INPUT, "--var", f"model={work / f'round{rounds}' / 'fused.pt'}", "--out", run_dir, *flags)
+    probe_md("label", run_dir / "flagged.extxyz", "-o", work / f"verify_labelled{rounds}.extxyz",
+             "--calculator", "cu-snap", "--no-progress")
+    frames = ase.io.read(work / f"verify_labelled{rounds}.extxyz", ":")
+    threshold = load_head(defaults.default_head_path())[1].threshold
+    models = {"round0": defaults.default_model_path(),
+              **{f"round{r}": work / f"round{r}" / "model.pt" for r in range(1, rounds + 1)}}
+    result = {"steps": [int(a.info["step"]) for a in frames],
+              "reliability": [float(a.info["reliability"]) for a in frames], "threshold": threshold}
+    print(f"\nground truth on {len(frames)} frames of the round-{rounds} model's run "
+          f"(cu-snap reference, threshold {threshold * 1000:.1f} meV/Å):")
+    for name, path in models.items():
+        predictions = MaceBackbone.from_file(path).predict(frames)
+        rmse = np.array([np.sqrt(np.mean((p.forces - a.arrays["REF_forces"]) ** 2)) for p, a in zip(predictions, frames)])
+        result[name] = {"force_rmse_ev_per_a": rmse.tolist(), "reliable_fraction": float(np.mean(rmse < threshold))}
+        print(f"  {name} model: force RMSE median {np.median(rmse) * 1000:.0f}, max {rmse.max() * 1000:.0f} meV/Å, "
+              f"{np.mean(rmse < threshold):.0%} of frames below the threshold")
+    print(f"  PROBE of the round-{rounds} model: P(reliable) {min(result['reliability']):.2f}-"
+          f"{max(result['reliability']):.2f}, {np.mean(np.array(result['reliability']) < 0.5):.0%} flagged")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--rounds", type=int, default=1, help="explore -> ... -> rerun rounds (default 1)")
+    parser.add_argument("--steps", type=int, default=400, help="MD steps per run")
+    parser.add_argument("--t-start", type=float, default=600.0, help="thermostat target at step 0 (K)")
+    parser.add_argument("--t-stop", type=float, default=1200.0, help="thermostat target at the last step (K)")
+    parser.add_argument("--every", type=int, default=5, help="PROBE check interval (steps)")
+    parser.add_argument("--patience", type=int, default=3, help="consecutive flags that halt a run")
+    parser.add_argument("--max-frames", type=int, default=32, help="frames to label per round")
+    parser.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs per round")
+    parser.add_argument("--lr", type=float, default=2e-3, help="fine-tuning learning rate")
+    parser.add_argument("--new-frame-weight", type=float, default=5.0,
+                        help="loss weight of a new frame relative to a replayed old one")
+    parser.add_argument("--max-old", type=int, default=100, help="frames of the default's training set replayed")
+    parser.add_argument("--head-pool", type=int, default=400, help="head-pool structures for the refit")
+    parser.add_argument("--verify", action="store_true",
+                        help="afterwards, label frames of the last model's run with the reference and "
+                             "compare every round's force error with PROBE's verdict (~3 min)")
+    args = parser.parse_args(argv)
+    for name in ("mlip_train.extxyz", "mlip_valid.extxyz", "head_pool.extxyz"):
+        if not (DEFAULT_CU_WORK / name).is_file():
+            raise SystemExit(f"{DEFAULT_CU_WORK / name} is missing: run examples/default_cu first (see its README)")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    clear_stale_work(work, {k: str(v) for k, v in vars(args).items() if k not in ("work", "rounds", "verify")})
+    started = time.perf_counter()
+    md_flags = ["--every", args.every, "--on-drop", "dump", "--quiet", "--var", f"nsteps={args.steps}",
+                "--var", f"t_start={args.t_start}", "--var", f"t_stop={args.t_stop}"]
+    ramp = (args.t_start, args.t_stop)
+    weights = default_loss_weights()
+
+    t = time.perf_counter()
+    runs = [run_numbers(md_run(work, 0, shipped_fused_model(work), md_flags), args.patience, ramp, args.steps)]
+    timings = {"md0_s": time.perf_counter() - t}
+    rounds = []
+    for index in range(1, args.rounds + 1):
+        if runs[-1]["flagged_checks"] == 0:
+            print(f"\nmd{index - 1} flagged nothing: no round {index} (raise --t-stop or --steps to explore further)")
+            break
+        t = time.perf_counter()
+        report = retrain_round(work, index, args, weights)
+        timings[f"round{index}_collect_label_retrain_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        runs.append(run_numbers(md_run(work, index, work / f"round{index}" / "fused.pt", md_flags),
+                                args.patience, ramp, args.steps))
+        timings[f"md{index}_s"] = time.perf_counter() - t
+        print_round(index, report, runs[-2], runs[-1], args)
+        rounds.append({"before_md": runs[-2], "after_md": runs[-1], "retrain_report": report})
+
+    verification = verify_last_run(work, len(rounds), md_flags) if args.verify and rounds else None
+    summary = {"runs": runs, "rounds": rounds, "verification": verification, "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "total_s": round(time.perf_counter() - started, 1), "args": {k: str(v) for k, v in vars(args).items()}}
     (work / "loop_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"(halt steps read from reliability.jsonl; 'no halt' = never {args.patience} flags in a row)")
-    print(f"total {summary['total_s']:.0f} s; details in {work / 'loop_summary.json'}")
+    print(f"(halts read from reliability.jsonl: monitoring does not change the trajectory; "
+          f"'no halt' = never {args.patience} flags in a row)")
+    print(f"total {summary['total_s']:.0f} s (reused stages count 0); details in {work / 'loop_summary.json'}")
 
 
 if __name__ == "__main__":

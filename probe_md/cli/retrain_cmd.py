@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "if examples/default_cu/work holds it); you must trust it: unpickling runs code")
     parser.add_argument("--before-model", type=Path, default=None,
                         help="TorchScript of the model in use, for the 'before' errors (default: the foundation)")
+    parser.add_argument("--before-head", type=Path, default=None,
+                        help="the PROBE head in use: the refitted head keeps its criterion and threshold "
+                             "(default for the embedded Cu model: the shipped head)")
     parser.add_argument("--old-data", type=Path, nargs="*", default=None,
                         help="the MLIP's original training data, replayed against forgetting")
     parser.add_argument("--valid-data", type=Path, default=None,
@@ -36,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-old", type=int, default=None, help="replay at most this many old frames")
     parser.add_argument("--holdout-fraction", type=float, default=0.25,
                         help="new frames held out of training to report an honest error (default 0.25)")
+    parser.add_argument("--new-valid-fraction", type=float, default=0.0,
+                        help="share of the remaining new frames put in mace's validation set, so its "
+                             "best-epoch pick also weighs the new region (default 0)")
     parser.add_argument("--epochs", type=int, default=5, help="mace_run_train --max_num_epochs (default 5)")
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default 3e-4)")
@@ -43,10 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="EMA of the weights during fine-tuning, 0 = off (default 0.99)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--energy-weight", type=float, default=1.0,
+                        help="mace_run_train --energy_weight (default 1; match the foundation's last "
+                             "training stage: the embedded Cu default ended with 1000)")
+    parser.add_argument("--forces-weight", type=float, default=100.0,
+                        help="mace_run_train --forces_weight (default 100)")
+    parser.add_argument("--new-frame-weight", type=float, default=1.0,
+                        help="loss weight of each new frame relative to an old one (default 1)")
     parser.add_argument("--stress-weight", type=float, default=0.0,
                         help="also fit REF_stress with this weight (mace --loss=stress); 0 = energies and "
                              "forces only (default 0; the embedded Cu default uses 1000)")
-    parser.add_argument("--threshold", type=float, default=None, help="head error threshold (eV/Å)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="head error threshold (eV/Å; default: --before-head's, else 2 x RMS error on --valid-data)")
     parser.add_argument("--head-max-epochs", type=int, default=None)
     parser.add_argument("--no-export", action="store_true", help="do not write the fused model")
     parser.add_argument("--mace-args", default="",
@@ -72,7 +86,8 @@ def _retrain(args: argparse.Namespace) -> int:
 
     using_default = args.foundation_model is None
     foundation = default_foundation_model() if using_default else args.foundation_model
-    old_data, valid_data, head_data, before_model = args.old_data, args.valid_data, args.head_data, args.before_model
+    old_data, valid_data, head_data = args.old_data, args.valid_data, args.head_data
+    before_model, before_head = args.before_model, args.before_head
     if using_default:  # the embedded Cu default: its own data sets and TorchScript file
         from probe_md import defaults
 
@@ -80,6 +95,7 @@ def _retrain(args: argparse.Namespace) -> int:
         valid_data = valid_data or next(iter(_default_cu_file("mlip_valid.extxyz")), None)
         head_data = head_data if head_data is not None else _default_cu_file("head_pool.extxyz")
         before_model = before_model or defaults.default_model_path()
+        before_head = before_head or defaults.default_head_path()
     config = RetrainConfig(
         foundation_model=foundation,
         new_data=args.new_data,
@@ -88,8 +104,10 @@ def _retrain(args: argparse.Namespace) -> int:
         valid_data=valid_data,
         head_data=head_data or (),
         before_model=before_model,
+        before_head=before_head,
         max_old_frames=args.max_old,
         holdout_fraction=args.holdout_fraction,
+        new_valid_fraction=args.new_valid_fraction,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -98,6 +116,9 @@ def _retrain(args: argparse.Namespace) -> int:
         device=args.device,
         head_threshold=args.threshold,
         head_max_epochs=args.head_max_epochs,
+        energy_weight=args.energy_weight,
+        forces_weight=args.forces_weight,
+        new_frame_weight=args.new_frame_weight,
         stress_weight=args.stress_weight,
         export=not args.no_export,
         extra_mace_args=shlex.split(args.mace_args),

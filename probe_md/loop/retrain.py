@@ -63,13 +63,18 @@ class RetrainConfig:
     before_model: Path | None = None  # TorchScript of the model in use (default: the foundation)
     max_old_frames: int | None = None  # random subset of old_data, for speed
     holdout_fraction: float = 0.25  # new frames kept out of training to report an honest error
+    new_valid_fraction: float = 0.0  # new frames added to mace's validation set (its best-epoch pick)
     epochs: int = 5
     batch_size: int = 5
     lr: float = 3e-4  # fine-tuning: small steps from a converged model
+    energy_weight: float = 1.0  # mace_run_train's loss weights; match the foundation's last stage,
+    forces_weight: float = 100.0  # or the fine-tune trades its energies for forces
+    new_frame_weight: float = 1.0  # loss weight of the new frames relative to replayed old ones
     ema_decay: float | None = 0.99  # exponential moving average of the weights (None: off)
     seed: int = 0
     device: str = "cpu"
-    head_threshold: float | None = None  # None: 2 x RMS error on valid_data (probe-md train's rule)
+    before_head: Path | None = None  # the head in use: its criterion and threshold are kept
+    head_threshold: float | None = None  # None: the before head's, else 2 x RMS error on valid_data
     head_max_epochs: int | None = None
     stress_weight: float = 0.0  # > 0: also fit REF_stress (mace --loss=stress), as the Cu default was
     export: bool = True
@@ -144,18 +149,41 @@ def split_new_frames(
     return train, [frames[i] for i in sorted(holdout)]
 
 
+@dataclass(frozen=True)
+class NewFrameSplit:
+    """The newly labelled frames, split three ways."""
+
+    train: list[ase.Atoms]  # fine-tuned on
+    valid: list[ase.Atoms]  # in mace's validation set: the best epoch must also fit the new region
+    holdout: list[ase.Atoms]  # never seen by training or model selection: the honest "after" error
+
+
+def split_new_frames_three_ways(
+    frames: Sequence[ase.Atoms], holdout_fraction: float, valid_fraction: float, seed: int
+) -> NewFrameSplit:
+    """Holdout first (as `split_new_frames`), then a validation share of the rest."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"new-frame validation fraction must be in [0, 1), got {valid_fraction}")
+    rest, holdout = split_new_frames(frames, holdout_fraction, seed)
+    valid, train = split_new_frames(rest, valid_fraction, seed + 1)[::-1]
+    return NewFrameSplit(train=train, valid=valid, holdout=holdout)
+
+
 def _read_all(paths: Sequence[Path], keys: ReferenceKeys) -> list[ase.Atoms]:
     return [atoms for path in paths for atoms in read_structures(path, keys)]
 
 
-def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str) -> ase.Atoms:
+NEW_CONFIG_TYPE: Final[str] = "probe_md_flagged"  # config_type of the new frames (their loss weight)
+
+
+def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str, force_origin: bool = False) -> ase.Atoms:
     """Only what mace_run_train reads (labels, config_type): provenance strings stay out."""
     clean = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     clean.info[keys.energy] = float(atoms.info[keys.energy])
     clean.arrays[keys.forces] = np.asarray(atoms.arrays[keys.forces], dtype=float)
     if STRESS_KEY in atoms.info:
         clean.info[STRESS_KEY] = np.asarray(atoms.info[STRESS_KEY], dtype=float)
-    clean.info["config_type"] = str(atoms.info.get("config_type", origin))
+    clean.info["config_type"] = origin if force_origin else str(atoms.info.get("config_type", origin))
     return clean
 
 
@@ -190,6 +218,8 @@ def mace_arguments(
         f"--batch_size={config.batch_size}",
         f"--valid_batch_size={config.batch_size}",
         f"--lr={config.lr}",
+        f"--energy_weight={config.energy_weight}",
+        f"--forces_weight={config.forces_weight}",
         f"--seed={config.seed}",
         f"--device={config.device}",
         f"--default_dtype={dtype}",  # the foundation's own precision
@@ -198,6 +228,8 @@ def mace_arguments(
         "--plot=False",
         "--num_workers=0",
     ]
+    if config.new_frame_weight != 1.0:  # mace weighs each frame's loss by its config_type
+        arguments.append(f"--config_type_weights={{'{NEW_CONFIG_TYPE}': {config.new_frame_weight}}}")
     if config.ema_decay is not None:  # EMA keeps a few fine-tuning epochs from forgetting
         arguments += ["--ema", f"--ema_decay={config.ema_decay}"]
     if config.stress_weight > 0:  # frames without REF_stress (open cells) get no stress loss
@@ -241,6 +273,18 @@ def foundation_mismatch_ev_per_a(before, foundation, structures: Sequence[ase.At
     )
 
 
+def kept_criterion(config: RetrainConfig) -> tuple[str, float | None]:
+    """The refitted head's (criterion, threshold): explicit, else the head in use's, so that
+    "reliable" means the same before and after; None lets train_probe apply its 2 x RMS rule."""
+    from probe_md.labels import DEFAULT_CRITERION
+    from probe_md.training import load_head
+
+    if config.before_head is None:
+        return DEFAULT_CRITERION, config.head_threshold
+    _, info = load_head(config.before_head)
+    return info.criterion, config.head_threshold if config.head_threshold is not None else info.threshold
+
+
 def _load_pickled(path: Path):
     import mace  # noqa: F401  (registers e3nn/mace classes before unpickling)
     import torch
@@ -264,6 +308,13 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         )
     if not config.new_data:
         raise ValueError("no newly labelled data given (--new-data)")
+    for name in ("energy_weight", "forces_weight", "stress_weight"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.new_frame_weight <= 0:
+        raise ValueError(f"--new-frame-weight must be > 0, got {config.new_frame_weight}")
+    if config.head_data:
+        kept_criterion(config)  # a missing or corrupt --before-head fails now, not after training
     if config.max_old_frames is not None and config.max_old_frames < 0:
         raise ValueError(f"--max-old must be >= 0, got {config.max_old_frames}")
     if config.epochs < 1:
@@ -277,21 +328,29 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(old_frames), config.max_old_frames, replace=False))
         old_frames = [old_frames[i] for i in keep]
     valid_frames = read_structures(config.valid_data, keys) if config.valid_data else []
-    new_train, new_holdout = split_new_frames(new_frames, config.holdout_fraction, config.seed)
+    split = split_new_frames_three_ways(new_frames, config.holdout_fraction, config.new_valid_fraction, config.seed)
+    new_train, new_holdout = split.train, split.holdout
     progress_print(
-        f"retrain: {len(new_train)} new frames to train on ({len(new_holdout)} held out), "
-        f"{len(old_frames)} old frames replayed, {len(valid_frames)} validation frames"
+        f"retrain: {len(new_train)} new frames to train on ({len(split.valid)} to validate on, "
+        f"{len(new_holdout)} held out), {len(old_frames)} old frames replayed, {len(valid_frames)} validation frames"
     )
 
     data_dir = out_dir / "data"
     train_file = write_extxyz_atomic(
         data_dir / "train.extxyz",
-        [_training_copy(a, keys, "old") for a in old_frames] + [_training_copy(a, keys, "flagged") for a in new_train],
+        [_training_copy(a, keys, "old") for a in old_frames]
+        + [_training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True) for a in new_train],
     )
     valid_file = None
-    if valid_frames:
-        valid_file = write_extxyz_atomic(data_dir / "valid.extxyz", [_training_copy(a, keys, "valid") for a in valid_frames])
+    if valid_frames or split.valid:
+        valid_file = write_extxyz_atomic(
+            data_dir / "valid.extxyz",
+            [_training_copy(a, keys, "valid") for a in valid_frames]
+            + [_training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True) for a in split.valid],
+        )
     write_extxyz_atomic(data_dir / "new_train.extxyz", new_train)
+    if split.valid:
+        write_extxyz_atomic(data_dir / "new_valid.extxyz", split.valid)
     if new_holdout:
         write_extxyz_atomic(data_dir / "new_holdout.extxyz", new_holdout)
 
@@ -345,13 +404,15 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         if config.head_max_epochs is not None:
             training = TrainingConfig(seed=config.seed, max_epochs=config.head_max_epochs)
         labelled_new = [Path(p) for p in config.new_data]
+        criterion, threshold = kept_criterion(config)
         _, head_info = train_probe(
             TrainRequest(
                 model_path=model_pt,
                 data_paths=[*map(Path, config.head_data), *labelled_new],
                 output_path=head_path,
                 in_domain_path=Path(config.valid_data) if config.valid_data else None,
-                threshold=config.head_threshold,
+                criterion=criterion,
+                threshold=threshold,
                 keys=keys,
                 cache_dir=out_dir / "feature_cache",
                 training=training,
@@ -360,6 +421,8 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         files["head"] = str(head_path)
         head_summary = {"threshold": head_info.threshold, "criterion": head_info.criterion,
                         **{k: v for k, v in head_info.metrics.items()}}
+        if config.before_head is not None and config.head_threshold is None:
+            head_summary["threshold_rule"] = f"kept from the head in use, {config.before_head}"
     else:
         head_summary = None
         notes.append("no --head-data: the PROBE head was not refitted (the old head does not fit the new backbone)")
@@ -377,10 +440,13 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
     report = {
         "foundation_model": str(foundation),
         "before_model": str(config.before_model or foundation),
-        "frames": {"new_train": len(new_train), "new_holdout": len(new_holdout),
+        "before_head": str(config.before_head) if config.before_head else None,
+        "frames": {"new_train": len(new_train), "new_valid": len(split.valid), "new_holdout": len(new_holdout),
                    "old_replayed": len(old_frames), "valid": len(valid_frames)},
         "mace_run_train": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                           "ema_decay": config.ema_decay, "stress_weight": config.stress_weight,
+                           "ema_decay": config.ema_decay, "energy_weight": config.energy_weight,
+                           "forces_weight": config.forces_weight, "stress_weight": config.stress_weight,
+                           "new_frame_weight": config.new_frame_weight,
                            "extra_args": list(config.extra_mace_args)},
         "errors_before": {k: asdict(v) for k, v in errors_before.items()},
         "errors_after": {k: asdict(v) for k, v in errors_after.items()},
