@@ -1,4 +1,6 @@
-"""The embedded Cu default: a small MACE, 3 more ensemble members, a PROBE head, test data."""
+"""The embedded Cu default: a small MACE, 3 more ensemble members, a PROBE head, test data,
+and what retraining needs (the MACE architecture config, its training/validation data and a
+400-structure subset of the head's training pool)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ HEAD_FILE = "cu_head.pt"
 ENSEMBLE_FILES = ("cu_mace.pt", "cu_mace_member2.pt", "cu_mace_member3.pt", "cu_mace_member4.pt")
 TEST_DATA_FILE = "cu_test.extxyz.gz"
 FUSED_FILE = "cu_fused.pt"
+MLIP_TRAIN_FILE = "cu_mlip_train.extxyz.gz"  # what the MACE models were trained on (250 structures)
+MLIP_VALID_FILE = "cu_mlip_valid.extxyz.gz"  # their validation set (50); sets the head threshold
+HEAD_POOL_FILE = "cu_head_pool_400.extxyz.gz"  # random 400 of the head's 1598 training structures
 
 
 def _existing(name: str) -> Path:
@@ -39,3 +44,15 @@ def default_ensemble_paths() -> list[Path]:
 
 def default_test_data_path() -> Path:
     return _existing(TEST_DATA_FILE)
+
+
+def default_mlip_train_path() -> Path:
+    return _existing(MLIP_TRAIN_FILE)
+
+
+def default_mlip_valid_path() -> Path:
+    return _existing(MLIP_VALID_FILE)
+
+
+def default_head_pool_path() -> Path:
+    return _existing(HEAD_POOL_FILE)

@@ -99,9 +99,11 @@ def test_retrain_cli_names_a_missing_foundation(tmp_path, capsys):
     assert "missing.model does not exist" in capsys.readouterr().err
 
 
-def test_retrain_rejects_torchscript_foundation(tmp_path, tiny_mace_path):
-    config = RetrainConfig(foundation_model=tiny_mace_path, new_data=[tmp_path / "n.extxyz"], out_dir=tmp_path)
-    with pytest.raises(ValueError, match="pickled mace-torch .model"):
+def test_retrain_rejects_torchscript_foundation_without_config(tmp_path, tiny_mace_path):
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes(tiny_mace_path.read_bytes())  # a TorchScript file without its .mace_config.json
+    config = RetrainConfig(foundation_model=bare, new_data=[tmp_path / "n.extxyz"], out_dir=tmp_path)
+    with pytest.raises(ValueError, match="without an architecture config.*pickled mace-torch .model"):
         retrain(config)
 
 
@@ -137,14 +139,20 @@ def test_foundation_e0s_reads_per_head_energies(tiny_pickled_model):
     assert foundation_e0s(model) == {29: pytest.approx(-3.0)}
 
 
-def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz):
-    """1 epoch of mace_run_train on 16 tiny cells; takes ~30-60 s on one core."""
+@pytest.mark.parametrize("foundation_format", ["pickle", "torchscript"])
+def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, foundation_format):
+    """1 epoch of mace_run_train on 16 tiny cells (~15 s), from a pickled model or from a
+    TorchScript file + config (rebuilt into foundation.model)."""
+    foundation = tiny_pickled_model
+    if foundation_format == "torchscript":
+        foundation = tmp_path / "foundation.pt"
+        save_mace_model(torch.load(tiny_pickled_model, weights_only=False), foundation)
     new = write(tmp_path / "new.extxyz", rattled_cu(5, seed=11, amplitude=(0.2, 0.3), size=1))
     old = write(tmp_path / "old.extxyz", rattled_cu(12, seed=12, amplitude=(0.01, 0.1), size=1))
     valid = write(tmp_path / "valid.extxyz", rattled_cu(4, seed=13, amplitude=(0.01, 0.1), size=1))
     out = tmp_path / "round1"
     report = retrain(RetrainConfig(
-        foundation_model=tiny_pickled_model,
+        foundation_model=foundation,
         new_data=[new],
         old_data=[old],
         valid_data=valid,
@@ -173,6 +181,9 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz):
     backbone = MaceBackbone.from_file(out / "model.pt")  # TorchScript in the project's format
     assert backbone.species == ("Cu",)
     assert (out / "retrained.model").is_file()  # the next round's foundation model
+    assert (out / "model.pt.mace_config.json").is_file()  # ... or this TorchScript + config
+    assert (out / "foundation.model").is_file() == (foundation_format == "torchscript")
+    assert report["notes"] == [] or all("fused export skipped" in n for n in report["notes"])
     assert (out / "head.pt").is_file()
     assert json.loads((out / "retrain_report.json").read_text())["frames"]["new_train"] == 3
     if "fused" in report["files"]:

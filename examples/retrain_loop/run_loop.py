@@ -12,8 +12,9 @@
   5. rerun    the same input with the retrained fused model: the exploration of the next round
 
 Files in --work: md0/ (the model in use), pool1.extxyz, labelled1.extxyz, round1/ (retrain),
-md1/ (rerun), pool2.extxyz, ...; with --verify, verify_md<N>/ and verify_labelled<N>.extxyz. Needs examples/default_cu to have been run (its work/
-folder holds the pickled MACE and the data sets). Usage, from the repository root:
+md1/ (rerun), pool2.extxyz, ...; with --verify, verify_md<N>/ and verify_labelled<N>.extxyz.
+Everything it needs ships with probe-md (the default's MACE with its architecture config,
+its training/validation data and head pool). Usage, from the repository root:
 
     python examples/retrain_loop/run_loop.py [--rounds 1] [--steps 400] [--epochs 40]
 """
@@ -31,10 +32,10 @@ HERE = Path(__file__).resolve().parent
 if importlib.util.find_spec("probe_md") is None:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(HERE.parents[1]))
 
+from probe_md import defaults  # noqa: E402
 from probe_md.cli.main import main as probe_md_main  # noqa: E402
 
 INPUT = HERE / "hot_cu.in"
-DEFAULT_CU_WORK = HERE.parent / "default_cu" / "work"
 
 
 def probe_md(*argv) -> None:
@@ -48,8 +49,6 @@ def probe_md(*argv) -> None:
 
 def shipped_fused_model(work: Path) -> Path:
     """The default's fused model: shipped, else exported from the shipped MACE + head."""
-    from probe_md import defaults
-
     shipped = defaults.DEFAULT_DIR / defaults.FUSED_FILE
     if shipped.is_file():
         return shipped
@@ -102,21 +101,6 @@ def default_loss_weights() -> dict[str, float]:
     return weights
 
 
-def head_pool_subset(work: Path, size: int, seed: int = 0) -> Path:
-    """A random subset of the default's head pool, so the head refit takes minutes, not more."""
-    import ase.io
-    import numpy as np
-
-    from probe_md.loop.collect import write_extxyz_atomic
-
-    target = work / f"head_pool_{size}.extxyz"
-    if not target.is_file():
-        pool = ase.io.read(DEFAULT_CU_WORK / "head_pool.extxyz", ":")
-        keep = np.sort(np.random.default_rng(seed).choice(len(pool), min(size, len(pool)), replace=False))
-        write_extxyz_atomic(target, [pool[i] for i in keep])
-    return target
-
-
 def replay_data(work: Path, round_index: int, max_old: int, seed: int = 0) -> Path:
     """Old data replayed in round `round_index`: `max_old` random frames of the default's training
     set plus every frame earlier rounds trained on (they are part of the model by now)."""
@@ -126,7 +110,7 @@ def replay_data(work: Path, round_index: int, max_old: int, seed: int = 0) -> Pa
     from probe_md.loop.collect import write_extxyz_atomic
 
     target = work / f"replay{round_index}.extxyz"
-    old = ase.io.read(DEFAULT_CU_WORK / "mlip_train.extxyz", ":")
+    old = ase.io.read(defaults.default_mlip_train_path(), ":")
     keep = np.sort(np.random.default_rng(seed).choice(len(old), min(max_old, len(old)), replace=False))
     frames = [old[i] for i in keep]
     for earlier in range(1, round_index):
@@ -167,7 +151,6 @@ def md_run(work: Path, index: int, fused: Path, md_flags: list) -> Path:
 
 def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
     """Collect the flagged frames of md{index-1}, label them, fine-tune the previous round's model."""
-    from probe_md import defaults
     from probe_md.loop.retrain import default_foundation_model
 
     previous = work / f"round{index - 1}"
@@ -180,11 +163,11 @@ def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
     else:
         probe_md(
             "retrain", "--new-data", labelled, "-o", out,
-            "--foundation-model", default_foundation_model() if first else previous / "retrained.model",
+            "--foundation-model", default_foundation_model() if first else previous / "model.pt",
             "--before-model", defaults.default_model_path() if first else previous / "model.pt",
             "--before-head", defaults.default_head_path() if first else previous / "head.pt",
-            "--old-data", replay_data(work, index, args.max_old), "--valid-data", DEFAULT_CU_WORK / "mlip_valid.extxyz",
-            "--head-data", head_pool_subset(work, args.head_pool), "--head-max-epochs", 150,
+            "--old-data", replay_data(work, index, args.max_old), "--valid-data", defaults.default_mlip_valid_path(),
+            "--head-data", defaults.default_head_pool_path(), "--head-max-epochs", 150,
             "--epochs", args.epochs, "--lr", args.lr,
             "--energy-weight", weights["energy"], "--forces-weight", weights["forces"],
             "--stress-weight", weights["stress"], "--new-frame-weight", args.new_frame_weight,
@@ -231,7 +214,6 @@ def verify_last_run(work: Path, rounds: int, md_flags: list, every: int = 20) ->
     import ase.io
     import numpy as np
 
-    from probe_md import defaults
     from probe_md.backbone.mace import MaceBackbone
     from probe_md.training import load_head
 
@@ -275,14 +257,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-frame-weight", type=float, default=5.0,
                         help="loss weight of a new frame relative to a replayed old one")
     parser.add_argument("--max-old", type=int, default=100, help="frames of the default's training set replayed")
-    parser.add_argument("--head-pool", type=int, default=400, help="head-pool structures for the refit")
     parser.add_argument("--verify", action="store_true",
                         help="afterwards, label frames of the last model's run with the reference and "
                              "compare every round's force error with PROBE's verdict (~3 min)")
     args = parser.parse_args(argv)
-    for name in ("mlip_train.extxyz", "mlip_valid.extxyz", "head_pool.extxyz"):
-        if not (DEFAULT_CU_WORK / name).is_file():
-            raise SystemExit(f"{DEFAULT_CU_WORK / name} is missing: run examples/default_cu first (see its README)")
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,11 +88,18 @@ def describe_mace_model(model: torch.nn.Module) -> MaceMetadata:
 
 
 def save_mace_model(model: torch.nn.Module, path: str | os.PathLike) -> MaceMetadata:
-    """Compile a mace-torch model to TorchScript and save it with its metadata, atomically."""
+    """Compile a mace-torch model to TorchScript and save it with its metadata, atomically;
+    its architecture config goes next to it, so `probe-md retrain` can rebuild it for training."""
     from e3nn.util import jit
+
+    from probe_md.backbone.mace_rebuild import write_config_sidecar
 
     model = model.eval()
     metadata = describe_mace_model(model)
+    try:
+        write_config_sidecar(model, path)
+    except ValueError as error:  # an architecture mace cannot describe: still usable, not retrainable
+        warnings.warn(f"{path}: no architecture config written ({error}); retrain needs the pickled model")
     scripted = jit.compile(model)
     _atomic_jit_save(scripted, Path(path), {METADATA_FILE: json.dumps(asdict(metadata))})
     return metadata

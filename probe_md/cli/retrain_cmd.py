@@ -1,10 +1,12 @@
 """`probe-md retrain`: fine-tune MACE (mace_run_train) on old + new data, refit the PROBE head, export.
 
-Fine-tuning needs the pickled mace-torch model (`NAME.model`, written by mace_run_train when
-the model was trained), not the TorchScript `.pt` that probe-md ships and runs: point
---foundation-model at it. For the embedded Cu default, examples/default_cu/work/ holds it
-after examples/default_cu has been run, and the Cu data sets there are used by default.
-Each round writes `retrained.model` into OUT, the --foundation-model of the next round.
+mace_run_train fine-tunes a python model. --foundation-model is either the pickled
+mace-torch `.model` written when the model was trained (trusted: unpickling runs code), or
+a probe-md TorchScript file with its architecture config next to it (`<file>.mace_config.json`,
+written by `probe-md convert-mace` and by retrain itself): the python model is rebuilt from
+it. Without --foundation-model the embedded Cu default is retrained, with its shipped
+training/validation data and head pool. Each round writes `retrained.model` and `model.pt`
+(with its config) into OUT: either is the --foundation-model of the next round.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="newly labelled frames (output of `probe-md label`)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     parser.add_argument("--foundation-model", type=Path, default=None,
-                        help="pickled mace-torch .model to fine-tune (default: the embedded Cu model's, "
-                             "if examples/default_cu/work holds it); you must trust it: unpickling runs code")
+                        help="model to fine-tune: a pickled mace-torch .model (you must trust it: unpickling "
+                             "runs code) or a probe-md .pt with its .mace_config.json (default: the embedded Cu model)")
     parser.add_argument("--before-model", type=Path, default=None,
                         help="TorchScript of the model in use, for the 'before' errors (default: the foundation)")
     parser.add_argument("--before-head", type=Path, default=None,
@@ -68,13 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_reference_key_arguments(parser)
 
 
-def _default_cu_file(name: str) -> list[Path]:
-    from probe_md.loop.retrain import DEFAULT_CU_WORK
-
-    path = DEFAULT_CU_WORK / name
-    return [path] if path.is_file() else []
-
-
 def run(args: argparse.Namespace) -> int:
     from probe_md.loop import run_on_rank_zero
 
@@ -91,9 +86,9 @@ def _retrain(args: argparse.Namespace) -> int:
     if using_default:  # the embedded Cu default: its own data sets and TorchScript file
         from probe_md import defaults
 
-        old_data = old_data if old_data is not None else _default_cu_file("mlip_train.extxyz")
-        valid_data = valid_data or next(iter(_default_cu_file("mlip_valid.extxyz")), None)
-        head_data = head_data if head_data is not None else _default_cu_file("head_pool.extxyz")
+        old_data = old_data if old_data is not None else [defaults.default_mlip_train_path()]
+        valid_data = valid_data or defaults.default_mlip_valid_path()
+        head_data = head_data if head_data is not None else [defaults.default_head_pool_path()]
         before_model = before_model or defaults.default_model_path()
         before_head = before_head or defaults.default_head_path()
     config = RetrainConfig(

@@ -1,16 +1,18 @@
 """Fine-tune MACE on old + newly labelled data, convert it, refit the PROBE head, export, report.
 
 Training is mace-torch's own `mace_run_train` (run as a subprocess with
-`--foundation_model=<pickled .model>`), not a trainer of ours. Shipped MACE files are
-TorchScript, which `mace_run_train` cannot fine-tune: it needs the pickled python model that
-the original training wrote (`<name>.model` in its work folder). The retrained pickled model
-is kept as `retrained.model`, so the next loop iteration fine-tunes from it.
+`--foundation_model=<pickled .model>`), not a trainer of ours. It fine-tunes python models:
+either the pickled `<name>.model` the original training wrote, or — for probe-md's TorchScript
+files with an architecture config (probe_md.backbone.mace_rebuild) — the python model rebuilt
+from the TorchScript weights (`foundation.model` in out_dir). The retrained pickled model is
+kept as `retrained.model`, so the next loop iteration fine-tunes from it.
 
 Outputs in `out_dir`:
   data/train.extxyz, data/new_holdout.extxyz   what MACE was trained on / held out for the report
+  foundation.model                             a TorchScript foundation, rebuilt (only then)
   mace/                                        mace_run_train's work folder (logs, checkpoints)
   retrained.model                              pickled mace-torch model (the next --foundation-model)
-  model.pt                                     TorchScript backbone (probe_md.backbone.mace format)
+  model.pt, model.pt.mace_config.json          TorchScript backbone (probe_md.backbone.mace format)
   head.pt, fused.pt                            refitted PROBE head and the fused LAMMPS model
   retrain_report.json                          before/after errors and the file list
 
@@ -40,21 +42,14 @@ from probe_md.structures import ReferenceKeys, read_structures
 REPORT_FILE: Final[str] = "retrain_report.json"
 RETRAINED_PICKLE: Final[str] = "retrained.model"
 MACE_RUN_NAME: Final[str] = "retrained"
-# Where examples/default_cu trains the embedded default (relative to the repository root).
-DEFAULT_CU_WORK: Final[Path] = Path(__file__).resolve().parents[2] / "examples" / "default_cu" / "work"
-# examples/default_cu/train_mace.py trains the main model (seed 1) in work/mace/seed1/ and
-# ships its stage-two (SWA) model when there is one, else the stage-one model.
-DEFAULT_CU_PICKLES: Final[tuple[str, ...]] = (
-    "mace/seed1/cu_mace_seed1_stagetwo.model",
-    "mace/seed1/cu_mace_seed1.model",
-)
+FOUNDATION_PICKLE: Final[str] = "foundation.model"  # a TorchScript foundation, rebuilt for mace_run_train
 
 
 @dataclass
 class RetrainConfig:
     """Inputs and hyper-parameters of one retraining round."""
 
-    foundation_model: Path  # pickled mace-torch .model to fine-tune (trusted: unpickling runs code)
+    foundation_model: Path  # pickled mace-torch .model (trusted: unpickling runs code), or .pt + config
     new_data: Sequence[Path]  # newly labelled frames (probe-md label output)
     out_dir: Path
     old_data: Sequence[Path] = ()  # the MLIP's training data, replayed against forgetting
@@ -84,14 +79,28 @@ class RetrainConfig:
 
 # ----------------------------------------------------------------------------- locating inputs
 def default_foundation_model() -> Path:
-    """The pickled model behind the embedded Cu default, if its training run is on this machine."""
-    for name in DEFAULT_CU_PICKLES:
-        if (DEFAULT_CU_WORK / name).is_file():
-            return DEFAULT_CU_WORK / name
-    raise FileNotFoundError(
-        f"no pickled MACE model found in {DEFAULT_CU_WORK} (looked for {', '.join(DEFAULT_CU_PICKLES)}): "
-        "pass --foundation-model PATH.model, the file mace_run_train wrote when the model was trained"
-    )
+    """The embedded Cu MACE (TorchScript with its architecture config: rebuilt for fine-tuning)."""
+    from probe_md import defaults
+
+    return defaults.default_model_path()
+
+
+def trainable_foundation(foundation: Path, out_dir: Path) -> Path:
+    """A pickled model mace_run_train can fine-tune: `foundation` itself when it is one, else
+    the python model rebuilt from a TorchScript file and its config, saved by us in out_dir."""
+    from probe_md.backbone.mace import is_torchscript_archive
+
+    if not is_torchscript_archive(foundation):
+        return foundation
+    import torch
+
+    from probe_md.backbone.mace_rebuild import python_model_from_torchscript
+    from probe_md.io_utils import atomic_output
+
+    pickled = out_dir / FOUNDATION_PICKLE
+    with atomic_output(pickled) as temporary:
+        torch.save(python_model_from_torchscript(foundation), temporary)
+    return pickled
 
 
 def mace_train_command() -> list[str]:
@@ -200,15 +209,17 @@ def mace_arguments(
     valid_file: Path | None,
     dtype: str = "float64",
     e0s: dict[int, float] | None = None,
+    foundation: Path | None = None,
 ) -> list[str]:
-    """mace_run_train flags for a plain (single-head) fine-tune of the foundation model."""
+    """mace_run_train flags for a plain (single-head) fine-tune of the foundation model
+    (`foundation`: the pickled file to pass, default config.foundation_model)."""
     # Keep the isolated-atom energies the model was trained with. They are passed as a dict
     # because `--E0s=foundation` fails in mace-torch 0.3.16 for one-element models trained by
     # mace_run_train (their [1, 1] E0 tensor is squeezed to 0-d, then indexed).
     e0s_flag = "--E0s=foundation" if e0s is None else f"--E0s={e0s!r}"
     arguments = [
         f"--name={MACE_RUN_NAME}",
-        f"--foundation_model={Path(config.foundation_model).resolve()}",
+        f"--foundation_model={Path(foundation or config.foundation_model).resolve()}",
         "--multiheads_finetuning=False",
         e0s_flag,
         f"--train_file={train_file.resolve()}",
@@ -301,10 +312,14 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
     foundation = Path(config.foundation_model)
     if not foundation.is_file():
         raise FileNotFoundError(f"foundation model {foundation} does not exist")
-    if foundation.suffix == ".pt":
+    from probe_md.backbone.mace import is_torchscript_archive
+    from probe_md.backbone.mace_rebuild import config_sidecar
+
+    if is_torchscript_archive(foundation) and not config_sidecar(foundation).is_file():
         raise ValueError(
-            f"foundation model {foundation} looks like a TorchScript file: mace_run_train needs the "
-            "pickled mace-torch .model written when the model was trained (see probe-md retrain --help)"
+            f"foundation model {foundation} is TorchScript without an architecture config "
+            f"({config_sidecar(foundation).name}): mace_run_train needs the pickled mace-torch .model "
+            "written when the model was trained (see probe-md retrain --help)"
         )
     if not config.new_data:
         raise ValueError("no newly labelled data given (--new-data)")
@@ -321,6 +336,7 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         raise ValueError(f"--epochs must be >= 1, got {config.epochs}")
     keys = config.keys
     out_dir.mkdir(parents=True, exist_ok=True)
+    trainable = trainable_foundation(foundation, out_dir)
 
     new_frames = _read_all(config.new_data, keys)
     old_frames = _read_all(config.old_data, keys)
@@ -375,7 +391,7 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
     trained_pickle = run_mace_train(
         mace_arguments(
             config, train_file, valid_file, foundation_backbone.metadata.dtype,
-            foundation_e0s(foundation_backbone.model),
+            foundation_e0s(foundation_backbone.model), trainable,
         ),
         out_dir / "mace",
         out_dir / "mace_train.log",
