@@ -126,11 +126,16 @@ def clear_stale_work(work: Path, settings: dict) -> None:
     import hashlib
     import shutil
 
-    settings = {**settings, "input_sha256": hashlib.sha256(INPUT.read_bytes()).hexdigest()}
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    settings = {**settings, "input_sha256": sha256(INPUT), "model_sha256": sha256(defaults.default_model_path()),
+                "head_sha256": sha256(defaults.default_head_path())}
     record = work / "loop_settings.json"
     if record.is_file() and json.loads(record.read_text()) == settings:
         return
-    stale = sorted(p for pattern in ("md*", "pool*.extxyz", "labelled*", "replay*.extxyz", "round*", "verify*")
+    stale = sorted(p for pattern in ("md*", "pool*.extxyz", "labelled*", "replay*.extxyz", "round*", "verify*",
+                                     "cu_fused_round0.pt")
                    for p in work.glob(pattern))
     if stale:
         print(f"settings changed since the last loop in {work}: removing {', '.join(p.name for p in stale)}")
