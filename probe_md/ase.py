@@ -10,6 +10,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from probe_md.backbone.mace import MaceBackbone
+from probe_md.backbone.mace_precision import cast_backbone
 from probe_md.head import atom_importance
 from probe_md.structures import check_structures
 from probe_md.training import load_head
@@ -18,7 +19,8 @@ from probe_md.training import load_head
 class ProbeCalculator(Calculator):
     """MACE + PROBE. Extra results: `reliability` (calibrated probability that the MLIP is
     reliable), `reliability_logit`, per-atom `importance` (1 = average atom) and per-atom
-    `attention` [n_atoms, heads]."""
+    `attention` [n_atoms, heads]. `dtype` ("float32" or "float64", default: the model's own)
+    runs the MACE model and the head in that precision."""
 
     implemented_properties = [
         "energy",
@@ -37,12 +39,15 @@ class ProbeCalculator(Calculator):
         model: str | os.PathLike | None = None,
         head: str | os.PathLike | None = None,
         device: str = "cpu",
+        dtype: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         from probe_md import defaults
 
         self.backbone = MaceBackbone.from_file(model or defaults.default_model_path(), device=device)
+        if dtype is not None:
+            self.backbone = cast_backbone(self.backbone, dtype)
         self.head, self.head_info = load_head(head or defaults.default_head_path())
         if self.head.config.feature_dim != self.backbone.feature_dim:
             raise ValueError(

@@ -23,6 +23,7 @@ from torch import Tensor
 from probe_md.backbone.mace import MaceBackbone, file_sha256
 from probe_md.head import ProbeHead
 from probe_md.io_utils import atomic_output
+from probe_md.mace_stages import StagedMace, why_not_stageable
 
 FUSED_FORMAT: Final[str] = "probe_md.fused/1"
 FUSED_METADATA_FILE: Final[str] = "probe_md_fused.json"
@@ -131,16 +132,78 @@ class FusedProbeMace(torch.nn.Module):
         node_energy, forces, node_feats = self._run_mace(
             positions, species_index, edge_index, n_local
         )
-        features = node_feats[:n_local].index_select(1, self.feature_columns)
-        features = features.to(self.head.feature_mean.dtype)
-        scores, values = self.head.atom_terms(features)
-        return node_energy, forces, scores.to(torch.float64), values.to(torch.float64)
+        scores, values = self.head_terms(node_feats[:n_local])
+        return node_energy, forces, scores, values
 
     @torch.jit.export
     def readout(self, pooled: Tensor) -> Tensor:
         """Calibrated reliability logit [G] from softmax-pooled values [G, H*D]."""
         logit = self.head.readout_logit(pooled.to(self.head.feature_mean.dtype), True)
         return logit.to(torch.float64)
+
+    @torch.jit.export
+    def head_terms(self, node_feats: Tensor) -> Tuple[Tensor, Tensor]:
+        """The head's attention logits [n,H] and values [n,H,D] from MACE's node features."""
+        features = node_feats.index_select(1, self.feature_columns).to(self.head.feature_mean.dtype)
+        scores, values = self.head.atom_terms(features)
+        return scores.to(torch.float64), values.to(torch.float64)
+
+
+class StagedFusedProbeMace(FusedProbeMace):
+    """The fused model plus MACE's per-layer stages, for engines that exchange halo features
+    between layers (see probe_md.mace_stages). The call order, per MD step:
+
+      h = stage_embedding(species[N_all]);  sent = stage_up(0, h);  h = h[:n_local]
+      edges = stage_edges(positions[N_all], species, edge_index)
+      for layer: (sent = stage_up(layer, h) on local rows, ghost rows from their owners)
+                 h, e[layer] = stage_layer(layer, sent, h, species[:n_local], edges, edge_index, n_local)
+      node_energy = stage_energy(species[:n_local], stack(e))
+      scores, values = head_terms(cat(h of every layer))
+
+    Forces come from chaining the stages' gradients backwards, returning ghost rows'
+    gradients of `sent` to their owners before each `stage_up` (reverse communication).
+    """
+
+    exchange_widths: List[int]
+
+    def __init__(self, mace_model, head, feature_columns, metadata):
+        super().__init__(mace_model, head, feature_columns, metadata)
+        self.stages = StagedMace(mace_model)
+        # Read by the engine (module.attr): columns exchanged before each layer.
+        self.exchange_widths = list(self.stages.exchange_widths)
+
+    @torch.jit.export
+    def stage_embedding(self, species_index: Tensor) -> Tensor:
+        return self.stages.embedding(species_index, self._model_dtype()).to(torch.float64)
+
+    @torch.jit.export
+    def stage_edges(self, positions: Tensor, species_index: Tensor, edge_index: Tensor) -> List[Tensor]:
+        return self.stages.edges(positions.to(self._model_dtype()), species_index, edge_index)
+
+    @torch.jit.export
+    def stage_up(self, layer: int, node_feats: Tensor) -> Tensor:
+        return self.stages.up(layer, node_feats.to(self._model_dtype())).to(torch.float64)
+
+    @torch.jit.export
+    def stage_layer(
+        self,
+        layer: int,
+        sent: Tensor,
+        node_feats: Tensor,
+        species_local: Tensor,
+        edges: List[Tensor],
+        edge_index: Tensor,
+        n_local: int,
+    ) -> Tuple[Tensor, Tensor]:
+        dtype = self._model_dtype()
+        new_feats, energy = self.stages.layer(
+            layer, sent.to(dtype), node_feats.to(dtype), species_local, edges, edge_index, n_local
+        )
+        return new_feats.to(torch.float64), energy.to(torch.float64)
+
+    @torch.jit.export
+    def stage_energy(self, species_local: Tensor, readout_energies: Tensor) -> Tensor:
+        return self.stages.node_energies(species_local, readout_energies.to(self._model_dtype()))
 
 
 def _package_version(name: str) -> str:
@@ -189,6 +252,9 @@ def fused_metadata(backbone: MaceBackbone, head: ProbeHead, info, mace_path, hea
             "probe-md": _package_version("probe-md"),
         },
         "sha256": {"mace": file_sha256(mace_path), "head": file_sha256(head_path)},
+        # Per-layer stages for halo exchange (`pair_style probe/mace ... exchange yes`).
+        "staged": why_not_stageable(backbone.model) is None,
+        "not_staged_because": why_not_stageable(backbone.model) or "",
     }
 
 
@@ -199,16 +265,25 @@ def build_fused_module(
     head = head.eval()
     for parameter in head.parameters():
         parameter.requires_grad_(False)
-    fused = FusedProbeMace(backbone.model, head, list(backbone.metadata.feature_columns), metadata)
+    fused_class = StagedFusedProbeMace if metadata.get("staged") else FusedProbeMace
+    fused = fused_class(backbone.model, head, list(backbone.metadata.feature_columns), metadata)
     return torch.jit.script(fused.eval())
 
 
 def export_fused_model(
-    mace_path: str | os.PathLike, head_path: str | os.PathLike, out_path: str | os.PathLike
+    mace_path: str | os.PathLike,
+    head_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    dtype: Optional[str] = None,
 ) -> dict:
-    """Write the fused TorchScript file for `pair_style probe/mace`; returns its metadata."""
+    """Write the fused TorchScript file for `pair_style probe/mace`; returns its metadata.
+    dtype "float32"/"float64" casts the MACE model (default: its own dtype)."""
+    from probe_md.backbone.mace_precision import cast_backbone
+
     mace_path, head_path, out_path = Path(mace_path), Path(head_path), Path(out_path)
     backbone, head, info = _load_inputs(mace_path, head_path)
+    if dtype is not None:
+        backbone = cast_backbone(backbone, dtype)
     metadata = fused_metadata(backbone, head, info, mace_path, head_path)
     scripted = build_fused_module(backbone, head, metadata)
     with atomic_output(out_path) as temporary:

@@ -56,6 +56,7 @@ RUNNER = textwrap.dedent(
         "pressure": [lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")],
         "probability": lmp.extract_compute("rel", 0, 0),
         "logit": lmp.numpy.extract_compute("rel", 0, 1)[1],
+        "nghost": lmp.extract_global("nghost"),
     }
     forces = np.array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3)
     importance = np.array(lmp.gather("c_rel", 1, 1))
@@ -68,6 +69,8 @@ RUNNER = textwrap.dedent(
     # A reliability series: `chunks` runs of `every` steps, each ending on a scored step.
     series, early_positions = [], []
     if cfg.get("series"):
+        from mpi4py import MPI
+        owned_before = set(np.array(lmp.numpy.extract_atom("id")[: lmp.extract_setting("nlocal")]).tolist())
         for line in cfg["series"]["setup"]:
             lmp.command(line)
         for k in range(cfg["series"]["chunks"]):
@@ -76,6 +79,10 @@ RUNNER = textwrap.dedent(
             series.append([lmp.get_thermo("step"), lmp.extract_compute("rel", 0, 0)])
             if k < 3:
                 early_positions.append(np.array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3))
+        owned_after = set(np.array(lmp.numpy.extract_atom("id")[: lmp.extract_setting("nlocal")]).tolist())
+        # atoms that left this rank's subdomain during the run, summed over ranks
+        result["migrated"] = MPI.COMM_WORLD.allreduce(len(owned_before - owned_after))
+        result["final_positions"] = np.array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3).tolist()
     if me == 0:
         result["md"] = md
         result["series"] = series
@@ -129,15 +136,17 @@ def cu_structure(kind: str):
     return atoms
 
 
-def commands(plugin, fused, data_file, elements="Cu", extra=()):
+def commands(plugin, fused, data_file, elements="Cu", extra=(), exchange=None, processors=None):
+    exchange_keyword = "" if exchange is None else f" exchange {exchange}"
     return [
         f"plugin load {plugin}",
         "units metal",
         "atom_style atomic",
+        *([f"processors {processors}"] if processors else []),
         "neighbor 0.5 bin",  # ghosts reach num_layers * r_max + skin: a small skin keeps tests fast
         "atom_modify map yes",
         f"read_data {data_file}",
-        f"pair_style probe/mace {fused}",
+        f"pair_style probe/mace {fused}{exchange_keyword}",
         f"pair_coeff * * {elements}",
         f"compute rel all probe/reliability every {EVERY}",
         "compute eatom all pe/atom",
@@ -146,15 +155,17 @@ def commands(plugin, fused, data_file, elements="Cu", extra=()):
     ]
 
 
-def run_lammps(plugin, files, atoms, name, nprocs=1, md=(), series=None):
+def run_lammps(plugin, files, atoms, name, nprocs=1, md=(), series=None, exchange=None, processors=None):
     folder = files["folder"]
+    name = name if exchange is None else f"{name}_exchange_{exchange}"
     data_file = folder / f"{name}.data"
     ase.io.write(data_file, atoms, format="lammps-data", specorder=["Cu"], masses=True)
     runner = folder / "runner.py"
     runner.write_text(RUNNER)
     out = str(folder / f"{name}_np{nprocs}")
     config = folder / f"{name}_np{nprocs}.json.in"
-    config.write_text(json.dumps({"commands": commands(plugin, files["fused"], data_file), "md": list(md),
+    lines = commands(plugin, files["fused"], data_file, exchange=exchange, processors=processors)
+    config.write_text(json.dumps({"commands": lines, "md": list(md),
                                   "series": series, "out": out}))
     launcher = [] if nprocs == 1 else [MPIRUN, "-np", str(nprocs)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
@@ -247,6 +258,88 @@ def test_nvt_reliability_series_same_on_one_and_two_ranks(plugin, model_files):
     x_one = np.load(folder / "nvt_np1_positions.npy")
     x_two = np.load(folder / "nvt_np2_positions.npy")
     np.testing.assert_allclose(x_two, x_one, rtol=0, atol=1e-10, err_msg="first steps' positions")
+
+
+EXACT = 1e-10  # exchange yes vs no, float64: only the summation order differs
+
+
+def assert_same_step(staged, staged_arrays, whole, whole_arrays, what):
+    """Energies, virial, forces, per-atom energies and reliability agree to EXACT."""
+    for key in ("pe", "probability", "logit"):
+        np.testing.assert_allclose(staged[key], whole[key], rtol=0, atol=EXACT, err_msg=f"{what}: {key}")
+    virial = np.array(staged["pressure"]) / BAR_PER_EV_PER_A3
+    np.testing.assert_allclose(virial, np.array(whole["pressure"]) / BAR_PER_EV_PER_A3, rtol=0, atol=EXACT,
+                               err_msg=f"{what}: virial (eV/A^3)")
+    for key in ("forces", "eatom", "importance"):
+        np.testing.assert_allclose(staged_arrays[key], whole_arrays[key], rtol=0, atol=EXACT,
+                                   err_msg=f"{what}: {key}")
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+@pytest.mark.parametrize("kind, processors", [("cubic", None), ("triclinic", None), ("thin", "2 1 1")])
+def test_exchange_equals_whole_graph(plugin, model_files, kind, processors, nprocs):
+    """Per-layer halo exchange (ghost cutoff r_max) = the whole graph (layers x r_max) to 1e-10.
+    `thin`: on 2 ranks each subdomain is 1.8 A thick along x, less than r_max (3.2 A)."""
+    if nprocs == 2 and MPIRUN is None:
+        pytest.skip("mpirun not found (pip install mpich)")
+    if kind == "thin":
+        atoms = cu_structure("cubic")[:8]  # one 3.61 A cube
+        atoms = atoms.repeat((1, 2, 2))
+    else:
+        atoms = cu_structure(kind)
+    processors = processors if nprocs == 2 else None
+    staged, staged_arrays = run_lammps(plugin, model_files, atoms, f"{kind}_x", nprocs, exchange="yes",
+                                       processors=processors)
+    whole, whole_arrays = run_lammps(plugin, model_files, atoms, f"{kind}_x", nprocs, exchange="no",
+                                     processors=processors)
+    assert_same_step(staged, staged_arrays, whole, whole_arrays, f"{kind}, {nprocs} rank(s)")
+    assert staged["nghost"] < whole["nghost"], "exchange yes should need fewer ghost atoms"
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found (pip install mpich)")
+def test_exchange_nvt_run_with_migration(plugin, model_files):
+    """201 NVT steps at 1200 K on 2 ranks: atoms cross subdomains, and the exchange keeps the
+    trajectory and the reliability series of the whole-graph path."""
+    atoms = cu_structure("cubic").repeat((2, 1, 1))
+    series = {
+        "setup": ["velocity all create 1200 5 loop geom", "fix md all nvt temp 1200 1200 0.1",
+                  "neigh_modify every 1 delay 0 check yes"],
+        "every": EVERY,
+        "chunks": 67,
+    }
+    staged, _ = run_lammps(plugin, model_files, atoms, "nvt_x", nprocs=2, series=series, exchange="yes")
+    whole, _ = run_lammps(plugin, model_files, atoms, "nvt_x", nprocs=2, series=series, exchange="no")
+    assert staged["migrated"] > 0, "no atom changed subdomain: the test does not test migration"
+    np.testing.assert_allclose(np.array(staged["series"]), np.array(whole["series"]), rtol=0, atol=EXACT,
+                               err_msg="reliability series, exchange yes vs no")
+    np.testing.assert_allclose(staged["final_positions"], whole["final_positions"], rtol=0, atol=1e-9,
+                               err_msg="positions after 201 steps")
+
+
+def test_exchange_keyword_errors(plugin, model_files, tmp_path):
+    """A fused file without stages (a MACE the staged path does not know, or one exported
+    before it existed) is refused with `exchange yes`, and runs with `exchange no`."""
+    from probe_md.export import build_fused_module, fused_metadata
+    from probe_md.training import load_head
+
+    backbone = MaceBackbone.from_file(model_files["mace"])
+    head, info = load_head(model_files["head"])
+    metadata = fused_metadata(backbone, head, info, model_files["mace"], model_files["head"])
+    whole_only = tmp_path / "whole_only.pt"
+    torch.jit.save(build_fused_module(backbone, head, {**metadata, "staged": False}), str(whole_only))
+    lmp = _lammps()
+    try:
+        _setup(lmp, plugin)
+        with pytest.raises(Exception, match="exchange maybe: use yes or no"):
+            lmp.command(f"pair_style probe/mace {model_files['fused']} exchange maybe")
+        with pytest.raises(Exception, match="has no per-layer stages .* or use `exchange no`"):
+            lmp.command(f"pair_style probe/mace {whole_only} exchange yes")
+        lmp.command(f"pair_style probe/mace {whole_only}")  # default: whole graph for such a file
+        lmp.command("pair_coeff * * Cu")
+        lmp.command("run 0")
+        assert lmp.get_thermo("pe") < 0
+    finally:
+        lmp.close()
 
 
 def test_npt_runs_and_scores(plugin, model_files):

@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PROBE head file (default: the embedded Cu head)")
     parser.add_argument("-o", "--output", type=Path, default=Path("fused.pt"),
                         help="fused model file to write (default: fused.pt)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                        help="precision of the exported MACE model and head (default: the model's own)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = args.model if args.model is not None else defaults.default_model_path()
     head = args.head if args.head is not None else defaults.default_head_path()
-    metadata = export_fused_model(model, head, args.output)
+    metadata = export_fused_model(model, head, args.output, dtype=args.dtype)
     print(
         f"wrote {args.output}: species [{', '.join(metadata['species'])}], "
         f"r_max {metadata['r_max']} A x {metadata['num_layers']} layers, {metadata['dtype']}, "

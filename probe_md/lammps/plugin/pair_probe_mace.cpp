@@ -1,11 +1,17 @@
-/* pair_style probe/mace <fused.pt> [device cpu|cuda]
+/* pair_style probe/mace <fused.pt> [device cpu|cuda] [exchange yes|no]
    pair_coeff * * <element of type 1> <element of type 2> ...
 
-   The fused file (written by `probe-md export`) holds a MACE model and a PROBE head. The
-   graph is built over local and ghost atoms; ghosts are real periodic images, so no edge
-   needs a shift. Only local atoms' energies are summed, forces on ghosts are returned too
-   and LAMMPS adds them to their owners (reverse communication, newton_pair on). With ghosts
-   out to num_layers * r_max, every local atom sees its full receptive field. */
+   The fused file (written by `probe-md export`) holds a MACE model and a PROBE head. Ghosts
+   are real periodic images, so no edge needs a shift. Only local atoms' energies are summed;
+   forces on ghosts are returned too and LAMMPS adds them to their owners (reverse
+   communication, newton_pair on).
+
+   exchange yes (default for staged models): every MACE layer runs on local atoms only. Before
+   layer k > 0 the features local atoms send along edges are forward-communicated to their
+   ghost images; in the backward pass the gradients on those ghost rows are reverse-
+   communicated to the owners before the chain continues into layer k - 1. Ghost cutoff r_max.
+   exchange no: one graph over local atoms and every ghost within num_layers * r_max, so each
+   local atom sees its whole receptive field; the reference the exchange is tested against. */
 
 #include "pair_probe_mace.h"
 
@@ -20,12 +26,16 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <torch/csrc/autograd/autograd.h>
+#include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <unordered_map>
+#include <thread>
 
 using namespace LAMMPS_NS;
 
@@ -33,7 +43,8 @@ static const char FUSED_FORMAT[] = "probe_md.fused/1";
 
 PairProbeMace::PairProbeMace(LAMMPS *lmp) :
     Pair(lmp), scored_step(-1), probability(0.0), logit(0.0), score_every(0),
-    device(torch::kCPU), r_max(0.0), num_layers(0), num_heads(0), value_dim(0)
+    device(torch::kCPU), r_max(0.0), num_layers(0), num_heads(0), value_dim(0),
+    exchange(true), exchange_request(-1), comm_rows(nullptr), comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -68,26 +79,28 @@ void PairProbeMace::allocate()
 
 void PairProbeMace::settings(int narg, char **arg)
 {
-  if (narg != 1 && narg != 3)
+  if (narg < 1 || narg % 2 != 1)
     error->all(FLERR, "Illegal pair_style probe/mace command: expected `pair_style probe/mace "
-               "<fused.pt> [device cpu|cuda]`");
+               "<fused.pt> [device cpu|cuda] [exchange yes|no]`");
   model_file = arg[0];
-  if (narg == 3) {
-    if (strcmp(arg[1], "device") != 0)
-      error->all(FLERR, "Unknown pair_style probe/mace keyword {}: only `device` is known", arg[1]);
-    if (strcmp(arg[2], "cpu") == 0) {
-      device = torch::Device(torch::kCPU);
-    } else if (strcmp(arg[2], "cuda") == 0) {
-      if (!torch::cuda::is_available())
-        error->all(FLERR, "pair_style probe/mace device cuda: this PyTorch build sees no CUDA "
-                   "device; use `device cpu`");
-      // One GPU per rank, assigned round-robin within the node.
-      int ngpu = static_cast<int>(torch::cuda::device_count());
-      device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(comm->me % ngpu));
+  const char *device_name = "cpu";
+  exchange_request = -1;
+  for (int iarg = 1; iarg < narg; iarg += 2) {
+    if (strcmp(arg[iarg], "device") == 0) {
+      device_name = arg[iarg + 1];
+    } else if (strcmp(arg[iarg], "exchange") == 0) {
+      if (strcmp(arg[iarg + 1], "yes") == 0)
+        exchange_request = 1;
+      else if (strcmp(arg[iarg + 1], "no") == 0)
+        exchange_request = 0;
+      else
+        error->all(FLERR, "pair_style probe/mace exchange {}: use yes or no", arg[iarg + 1]);
     } else {
-      error->all(FLERR, "pair_style probe/mace device {}: use cpu or cuda", arg[2]);
+      error->all(FLERR, "Unknown pair_style probe/mace keyword {}: only `device` and "
+                 "`exchange` are known", arg[iarg]);
     }
   }
+  choose_threads_and_device(device_name);
 
   // Validate the file on load, not mid-run: every field the engine relies on is checked here.
   FILE *probe = fopen(model_file.c_str(), "rb");
@@ -121,10 +134,66 @@ void PairProbeMace::settings(int narg, char **arg)
   if (r_max <= 0.0 || num_layers < 1 || species.empty())
     error->all(FLERR, "pair_style probe/mace: model file {} has invalid metadata (r_max {}, "
                "num_layers {}, {} species)", model_file, r_max, num_layers, species.size());
+
+  const bool staged = model.find_method("stage_layer").has_value();
+  if (exchange_request == 1 && !staged)
+    error->all(FLERR, "pair_style probe/mace exchange yes: model file {} has no per-layer "
+               "stages (re-export it with `probe-md export`, or use `exchange no`)", model_file);
+  exchange = staged && exchange_request != 0;
+  exchange_widths.clear();
+  comm_forward = comm_reverse = 0;
+  if (exchange) {
+    for (const auto &w : model.attr("exchange_widths").toListRef()) exchange_widths.push_back(w.toInt());
+    if (static_cast<int>(exchange_widths.size()) != num_layers)
+      error->all(FLERR, "pair_style probe/mace: model file {} has {} exchange widths for {} "
+                 "layers; re-export it", model_file, exchange_widths.size(), num_layers);
+    // Layer 0 sends the species embedding, which ghosts compute themselves: no exchange.
+    for (int layer = 1; layer < num_layers; layer++)
+      comm_forward = std::max(comm_forward, static_cast<int>(exchange_widths[layer]));
+    comm_reverse = comm_forward;
+  }
+  // The whole-graph path needs the neighbours of ghost atoms; the staged one does not.
+  ghostneigh = exchange ? 0 : 1;
   if (comm->me == 0)
-    utils::logmesg(lmp, "probe/mace: {} ({}; species {}; r_max {} A x {} layers; head {}x{})\n",
-                   model_file, dtype, utils::join_words(species, " "), r_max,
-                   num_layers, num_heads, value_dim);
+    utils::logmesg(lmp, "probe/mace: {} ({}; species {}; r_max {} A x {} layers; head {}x{}); "
+                   "exchange {}; {} torch thread(s) per rank\n", model_file, dtype,
+                   utils::join_words(species, " "), r_max, num_layers, num_heads, value_dim,
+                   exchange ? "yes (ghost cutoff r_max)" : "no (ghost cutoff layers x r_max)",
+                   at::get_num_threads());
+}
+
+void PairProbeMace::choose_threads_and_device(const char *device_name)
+{
+  // Ranks sharing this node: they share its cores and its GPUs.
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  int node_rank = 0, node_size = 1;
+  MPI_Comm_rank(node, &node_rank);
+  MPI_Comm_size(node, &node_size);
+  MPI_Comm_free(&node);
+
+  // OMP_NUM_THREADS wins; else the node's cores shared among its ranks (torch's own default,
+  // all cores in every rank, oversubscribes the node as soon as there are several ranks).
+  int threads = 0;
+  const char *omp = std::getenv("OMP_NUM_THREADS");
+  if (omp && std::atoi(omp) > 0) threads = std::atoi(omp);
+  if (threads <= 0) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    threads = std::max(1, cores / node_size);
+  }
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);
+
+  if (strcmp(device_name, "cpu") == 0) {
+    device = torch::Device(torch::kCPU);
+  } else if (strcmp(device_name, "cuda") == 0) {
+    if (!torch::cuda::is_available())
+      error->all(FLERR, "pair_style probe/mace device cuda: this PyTorch build sees no CUDA "
+                 "device; use `device cpu`");
+    const int ngpu = static_cast<int>(torch::cuda::device_count());
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(node_rank % ngpu));
+  } else {
+    error->all(FLERR, "pair_style probe/mace device {}: use cpu or cuda", device_name);
+  }
 }
 
 void PairProbeMace::coeff(int narg, char **arg)
@@ -156,11 +225,16 @@ void PairProbeMace::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style probe/mace requires newton pair on (ghost forces are "
                "reverse-communicated to their owners)");
-  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
-  // Each of the num_layers message-passing steps reaches r_max further; the skin covers
-  // atoms that move in before the next reneighbouring.
-  double needed = num_layers * r_max + neighbor->skin;
-  if (comm->cutghostuser < needed) comm->cutghostuser = needed;
+  if (exchange) {
+    // Edges into local atoms only; the default ghost cutoff (r_max + skin) is all it needs.
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  } else {
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+    // Each of the num_layers message-passing steps reaches r_max further; the skin covers
+    // atoms that move in before the next reneighbouring.
+    double needed = num_layers * r_max + neighbor->skin;
+    if (comm->cutghostuser < needed) comm->cutghostuser = needed;
+  }
 
   score_every = 0;
   for (auto *compute : modify->get_compute_by_style("probe/reliability")) {
@@ -194,113 +268,324 @@ void PairProbeMace::compute(int eflag, int vflag)
                "stress/atom or centroid/stress/atom)");
 
   const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
   const bool scoring = is_scoring_step();
-  double **x = atom->x;
-  double **f = atom->f;
-  int *type = atom->type;
-
-  torch::Tensor scores, values;
+  torch::Tensor node_energy, scores, values;
+  try {
+    // The staged path runs even on a rank without atoms: its exchanges are collective.
+    if (exchange)
+      compute_staged(scoring, node_energy, scores, values);
+    else if (nlocal > 0)
+      compute_whole_graph(scoring, node_energy, scores, values);
+  } catch (const std::exception &e) {
+    std::string why = e.what();
+    error->one(FLERR, "pair_style probe/mace: model evaluation failed: {}",
+               why.substr(0, why.find('\n')));
+  }
   if (nlocal > 0) {
-    // Graph over local and ghost atoms from the full neighbour list (ghosts included), pruned
-    // to what the local energies depend on: atoms within num_layers hops of a local atom, and
-    // only edges into atoms within num_layers - 1 hops (an atom num_layers hops away only
-    // contributes its embedding). Local atoms keep indices 0..nlocal-1.
-    const double cutsq_model = r_max * r_max;
-    auto within_cutoff = [&](int i, int j) {
-      const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
-      return dx * dx + dy * dy + dz * dz < cutsq_model;
-    };
-    hop.assign(nall, -1);
-    node_of_atom.assign(nall, -1);
-    atom_of_node.clear();
-    for (int i = 0; i < nlocal; i++) {
-      hop[i] = 0;
-      node_of_atom[i] = i;
-      atom_of_node.push_back(i);
-    }
-    senders.clear();
-    receivers.clear();
-    for (size_t k = 0; k < atom_of_node.size(); k++) {    // breadth-first: grows while iterating
-      const int i = atom_of_node[k];
-      if (hop[i] >= num_layers) continue;
-      const int *jlist = list->firstneigh[i];
-      const int jnum = list->numneigh[i];
-      for (int jj = 0; jj < jnum; jj++) {
-        const int j = jlist[jj] & NEIGHMASK;
-        if (!within_cutoff(i, j)) continue;
-        if (hop[j] < 0) {
-          hop[j] = hop[i] + 1;
-          node_of_atom[j] = static_cast<int>(atom_of_node.size());
-          atom_of_node.push_back(j);
-        }
-        senders.push_back(node_of_atom[j]);
-        receivers.push_back(static_cast<int64_t>(k));
-      }
-    }
-    const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
-    const int64_t nedges = static_cast<int64_t>(senders.size());
-    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-    torch::Tensor positions = torch::empty({nnodes, 3}, f64);
-    torch::Tensor species_index = torch::empty({nnodes}, i64);
-    double *pos = positions.data_ptr<double>();
-    int64_t *spec = species_index.data_ptr<int64_t>();
-    for (int64_t k = 0; k < nnodes; k++) {
-      const int i = atom_of_node[k];
-      pos[3 * k] = x[i][0];
-      pos[3 * k + 1] = x[i][1];
-      pos[3 * k + 2] = x[i][2];
-      spec[k] = type_to_species[type[i]];
-      if (spec[k] < 0)
-        error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff",
-                   type[i]);
-    }
-    torch::Tensor edge_index = torch::empty({2, nedges}, i64);
-    std::memcpy(edge_index[0].data_ptr<int64_t>(), senders.data(), nedges * sizeof(int64_t));
-    std::memcpy(edge_index[1].data_ptr<int64_t>(), receivers.data(), nedges * sizeof(int64_t));
-    std::vector<torch::jit::IValue> inputs{positions.to(device), species_index.to(device),
-                                           edge_index.to(device), static_cast<int64_t>(nlocal)};
-
-    torch::Tensor node_energy, forces;
-    try {
-      if (scoring) {
-        auto out = model.get_method("forward_with_head")(inputs).toTuple();
-        node_energy = out->elements()[0].toTensor();
-        forces = out->elements()[1].toTensor();
-        scores = out->elements()[2].toTensor().to(torch::kCPU).contiguous();
-        values = out->elements()[3].toTensor().to(torch::kCPU).contiguous();
-      } else {
-        auto out = model.forward(inputs).toTuple();
-        node_energy = out->elements()[0].toTensor();
-        forces = out->elements()[1].toTensor();
-      }
-    } catch (const std::exception &e) {
-      std::string why = e.what();
-      error->one(FLERR, "pair_style probe/mace: model evaluation failed: {}",
-                 why.substr(0, why.find('\n')));
-    }
     node_energy = node_energy.to(torch::kCPU).contiguous();
-    forces = forces.to(torch::kCPU).contiguous();
     auto energy_of = node_energy.accessor<double, 1>();
-    auto force_of = forces.accessor<double, 2>();
-
-    for (int64_t k = 0; k < nnodes; k++) {
-      const int i = atom_of_node[k];
-      f[i][0] += force_of[k][0];
-      f[i][1] += force_of[k][1];
-      f[i][2] += force_of[k][2];
-    }
     if (eflag_global)
       for (int i = 0; i < nlocal; i++) eng_vdwl += energy_of[i];
     if (eflag_atom)
       for (int i = 0; i < nlocal; i++) eatom[i] += energy_of[i];
+    if (scoring) {
+      scores = scores.to(torch::kCPU).contiguous();
+      values = values.to(torch::kCPU).contiguous();
+    }
   }
   // Ghost forces exist now, before reverse communication: the f.r sum is the full virial.
   if (vflag_fdotr) virial_fdotr_compute();
 
   // Every rank takes part in the reductions, also when it owns no atoms.
   if (scoring) pool_and_score(scores, values, nlocal);
+}
+
+/* Positions [n,3] and species [n] of LAMMPS atoms `atoms` (or of the first n atoms). */
+static void gather_nodes(double **x, const int *type, const std::vector<int64_t> &type_to_species,
+                         const int *atoms, int64_t n, torch::Tensor &positions,
+                         torch::Tensor &species, Error *error)
+{
+  positions = torch::empty({n, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+  species = torch::empty({n}, torch::TensorOptions().dtype(torch::kInt64));
+  double *pos = positions.data_ptr<double>();
+  int64_t *spec = species.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n; k++) {
+    const int i = atoms ? atoms[k] : static_cast<int>(k);
+    pos[3 * k] = x[i][0];
+    pos[3 * k + 1] = x[i][1];
+    pos[3 * k + 2] = x[i][2];
+    spec[k] = type_to_species[type[i]];
+    if (spec[k] < 0)
+      error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff", type[i]);
+  }
+}
+
+static torch::Tensor edge_tensor(const std::vector<int64_t> &senders,
+                                 const std::vector<int64_t> &receivers)
+{
+  const int64_t nedges = static_cast<int64_t>(senders.size());
+  torch::Tensor edge_index = torch::empty({2, nedges}, torch::TensorOptions().dtype(torch::kInt64));
+  std::memcpy(edge_index[0].data_ptr<int64_t>(), senders.data(), nedges * sizeof(int64_t));
+  std::memcpy(edge_index[1].data_ptr<int64_t>(), receivers.data(), nedges * sizeof(int64_t));
+  return edge_index;
+}
+
+void PairProbeMace::compute_whole_graph(bool scoring, torch::Tensor &node_energy,
+                                        torch::Tensor &scores, torch::Tensor &values)
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  double **x = atom->x;
+  double **f = atom->f;
+
+  // Graph over local and ghost atoms from the full neighbour list (ghosts included), pruned
+  // to what the local energies depend on: atoms within num_layers hops of a local atom, and
+  // only edges into atoms within num_layers - 1 hops (an atom num_layers hops away only
+  // contributes its embedding). Local atoms keep indices 0..nlocal-1.
+  const double cutsq_model = r_max * r_max;
+  hop.assign(nall, -1);
+  node_of_atom.assign(nall, -1);
+  atom_of_node.clear();
+  for (int i = 0; i < nlocal; i++) {
+    hop[i] = 0;
+    node_of_atom[i] = i;
+    atom_of_node.push_back(i);
+  }
+  senders.clear();
+  receivers.clear();
+  for (size_t k = 0; k < atom_of_node.size(); k++) {    // breadth-first: grows while iterating
+    const int i = atom_of_node[k];
+    if (hop[i] >= num_layers) continue;
+    const int *jlist = list->firstneigh[i];
+    const int jnum = list->numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      if (hop[j] < 0) {
+        hop[j] = hop[i] + 1;
+        node_of_atom[j] = static_cast<int>(atom_of_node.size());
+        atom_of_node.push_back(j);
+      }
+      senders.push_back(node_of_atom[j]);
+      receivers.push_back(static_cast<int64_t>(k));
+    }
+  }
+  const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
+  torch::Tensor positions, species;
+  gather_nodes(x, atom->type, type_to_species, atom_of_node.data(), nnodes, positions, species,
+               error);
+  std::vector<torch::jit::IValue> inputs{positions.to(device), species.to(device),
+                                         edge_tensor(senders, receivers).to(device),
+                                         static_cast<int64_t>(nlocal)};
+  torch::Tensor forces;
+  if (scoring) {
+    auto out = model.get_method("forward_with_head")(inputs).toTuple();
+    node_energy = out->elements()[0].toTensor();
+    forces = out->elements()[1].toTensor();
+    scores = out->elements()[2].toTensor();
+    values = out->elements()[3].toTensor();
+  } else {
+    auto out = model.forward(inputs).toTuple();
+    node_energy = out->elements()[0].toTensor();
+    forces = out->elements()[1].toTensor();
+  }
+  forces = forces.to(torch::kCPU).contiguous();
+  auto force_of = forces.accessor<double, 2>();
+  for (int64_t k = 0; k < nnodes; k++) {
+    const int i = atom_of_node[k];
+    f[i][0] += force_of[k][0];
+    f[i][1] += force_of[k][1];
+    f[i][2] += force_of[k][2];
+  }
+}
+
+static std::vector<torch::Tensor> leaves_of(const std::vector<torch::Tensor> &tensors)
+{
+  std::vector<torch::Tensor> leaves;
+  for (const auto &t : tensors) leaves.push_back(t.detach().requires_grad_(true));
+  return leaves;
+}
+
+void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
+                                   torch::Tensor &scores, torch::Tensor &values)
+{
+  const int nlocal = atom->nlocal;
+  const int64_t nall = nlocal + atom->nghost;
+  const int L = num_layers;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  if (nlocal == 0) {    // nothing to compute here, but every exchange needs every rank
+    for (int layer = 1; layer < L; layer++) {
+      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]}, f64);
+      exchange_rows(rows, true);
+    }
+    for (int layer = L - 1; layer >= 1; layer--) {
+      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]}, f64);
+      exchange_rows(rows, false);
+    }
+    return;
+  }
+  double **x = atom->x;
+  double **f = atom->f;
+
+  // Edges j -> i into local atoms i from every atom j within r_max, local or ghost.
+  const double cutsq_model = r_max * r_max;
+  senders.clear();
+  receivers.clear();
+  for (int ii = 0; ii < list->inum; ii++) {
+    const int i = list->ilist[ii];
+    const int *jlist = list->firstneigh[i];
+    const int jnum = list->numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
+      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+      senders.push_back(j);
+      receivers.push_back(i);
+    }
+  }
+  torch::Tensor positions, species;
+  gather_nodes(x, atom->type, type_to_species, nullptr, nall, positions, species, error);
+  positions = positions.to(device).requires_grad_(true);
+  species = species.to(device);
+  torch::Tensor edge_index = edge_tensor(senders, receivers).to(device);
+  torch::Tensor species_local = species.slice(0, 0, nlocal);
+  auto call = [&](const char *name, std::vector<torch::jit::IValue> args) {
+    return model.get_method(name)(std::move(args));
+  };
+
+  const std::vector<torch::Tensor> edges =
+      call("stage_edges", {positions, species, edge_index}).toTensorVector();
+  const std::vector<torch::Tensor> edge_leaves = leaves_of(edges);
+  c10::List<torch::Tensor> edge_list;
+  for (const auto &t : edge_leaves) edge_list.push_back(t);
+  torch::Tensor node_feats, sent0;
+  {
+    torch::NoGradGuard no_grad;    // the embedding depends on species only
+    node_feats = call("stage_embedding", {species}).toTensor();
+    sent0 = call("stage_up", {static_cast<int64_t>(0), node_feats}).toTensor();
+  }
+  node_feats = node_feats.slice(0, 0, nlocal);
+
+  // Forward, layer by layer, keeping each layer's inputs as leaves of its own graph.
+  std::vector<torch::Tensor> feats_in(L), sent_local(L), sent_all(L), feats_out(L), energies(L);
+  for (int layer = 0; layer < L; layer++) {
+    if (layer == 0) {
+      sent_all[layer] = sent0;
+    } else {
+      feats_in[layer] = node_feats = node_feats.detach().requires_grad_(true);
+      sent_local[layer] = call("stage_up", {static_cast<int64_t>(layer), node_feats}).toTensor();
+      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]}, f64);
+      rows.slice(0, 0, nlocal).copy_(sent_local[layer].detach());
+      exchange_rows(rows, true);
+      sent_all[layer] = rows.to(device).requires_grad_(true);
+    }
+    auto out = call("stage_layer", {static_cast<int64_t>(layer), sent_all[layer], node_feats,
+                                    species_local, edge_list, edge_index,
+                                    static_cast<int64_t>(nlocal)}).toTuple();
+    feats_out[layer] = node_feats = out->elements()[0].toTensor();
+    energies[layer] = out->elements()[1].toTensor();
+  }
+  const std::vector<torch::Tensor> energy_leaves = leaves_of(energies);
+  node_energy = call("stage_energy", {species_local, torch::stack(energy_leaves)}).toTensor();
+  const auto energy_grads = torch::autograd::grad({node_energy.sum()}, energy_leaves);
+  node_energy = node_energy.detach();
+
+  // Backward, layer by layer: gradients on ghost rows of what a layer received go back to
+  // the owners (reverse communication) before the chain continues into the layer below.
+  const size_t E = edge_leaves.size();
+  std::vector<torch::Tensor> edge_grads;
+  for (const auto &t : edge_leaves) edge_grads.push_back(torch::zeros_like(t));
+  torch::Tensor feats_grad;
+  for (int layer = L - 1; layer >= 0; layer--) {
+    std::vector<torch::Tensor> outputs{energies[layer]}, grad_outputs{energy_grads[layer]};
+    if (feats_grad.defined()) {
+      outputs.push_back(feats_out[layer]);
+      grad_outputs.push_back(feats_grad);
+    }
+    std::vector<torch::Tensor> inputs(edge_leaves);
+    if (layer > 0) {
+      inputs.push_back(sent_all[layer]);
+      inputs.push_back(feats_in[layer]);
+    }
+    const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, false, false, true);
+    for (size_t k = 0; k < E; k++)
+      if (grads[k].defined()) edge_grads[k] += grads[k];
+    if (layer == 0) break;
+    torch::Tensor rows = grads[E].defined()
+        ? grads[E].to(torch::kCPU, torch::kFloat64).contiguous()
+        : torch::zeros({nall, exchange_widths[layer]}, f64);
+    exchange_rows(rows, false);
+    const torch::Tensor sent_grad = rows.slice(0, 0, nlocal).to(device);
+    torch::Tensor through_up =
+        torch::autograd::grad({sent_local[layer]}, {feats_in[layer]}, {sent_grad})[0];
+    feats_grad = grads[E + 1].defined() ? through_up + grads[E + 1] : through_up;
+  }
+  std::vector<torch::Tensor> edge_outputs, edge_grad_outputs;
+  for (size_t k = 0; k < E; k++)
+    if (edges[k].requires_grad()) {
+      edge_outputs.push_back(edges[k]);
+      edge_grad_outputs.push_back(edge_grads[k]);
+    }
+  const torch::Tensor position_grad =
+      torch::autograd::grad(edge_outputs, {positions}, edge_grad_outputs, false, false, true)[0];
+  if (position_grad.defined()) {
+    const torch::Tensor forces = position_grad.to(torch::kCPU).contiguous();
+    const double *g = forces.data_ptr<double>();
+    for (int64_t i = 0; i < nall; i++) {
+      f[i][0] -= g[3 * i];
+      f[i][1] -= g[3 * i + 1];
+      f[i][2] -= g[3 * i + 2];
+    }
+  }
+  if (scoring) {
+    std::vector<torch::Tensor> detached;
+    for (const auto &t : feats_out) detached.push_back(t.detach());
+    auto out = call("head_terms", {torch::cat(detached, 1)}).toTuple();
+    scores = out->elements()[0].toTensor();
+    values = out->elements()[1].toTensor();
+  }
+}
+
+void PairProbeMace::exchange_rows(torch::Tensor &rows, bool forward)
+{
+  comm_rows = rows.data_ptr<double>();
+  comm_width = static_cast<int>(rows.size(1));
+  if (forward)
+    comm->forward_comm(this, comm_width);
+  else
+    comm->reverse_comm(this, comm_width);
+  comm_rows = nullptr;
+}
+
+int PairProbeMace::pack_forward_comm(int n, int *list, double *buf, int, int *)
+{
+  const size_t W = comm_width;
+  for (int k = 0; k < n; k++)
+    std::memcpy(buf + k * W, comm_rows + static_cast<size_t>(list[k]) * W, W * sizeof(double));
+  return n * comm_width;
+}
+
+void PairProbeMace::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::memcpy(comm_rows + static_cast<size_t>(first) * comm_width, buf,
+              static_cast<size_t>(n) * comm_width * sizeof(double));
+}
+
+int PairProbeMace::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::memcpy(buf, comm_rows + static_cast<size_t>(first) * comm_width,
+              static_cast<size_t>(n) * comm_width * sizeof(double));
+  return n * comm_width;
+}
+
+void PairProbeMace::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const size_t W = comm_width;
+  for (int k = 0; k < n; k++) {
+    double *row = comm_rows + static_cast<size_t>(list[k]) * W;
+    for (size_t c = 0; c < W; c++) row[c] += buf[k * W + c];
+  }
 }
 
 void PairProbeMace::pool_and_score(const torch::Tensor &scores, const torch::Tensor &values,

@@ -1,0 +1,125 @@
+"""One MD step of the staged fused model with halo exchange between layers, in Python.
+
+The same algorithm as `pair_style probe/mace ... exchange yes` (the C++ plugin), for engines
+that call Python (ML-IAP unified) and as the executable specification the tests check the
+plugin against. The engine provides two exchanges over rows of a [N_all, W] tensor whose
+first n_local rows are this rank's atoms and the rest ghosts:
+
+  forward(t):  ghost rows <- their owners' rows          (LAMMPS forward communication)
+  reverse(t):  owners' rows += their ghosts' rows        (LAMMPS reverse communication)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+Exchange = Callable[[Tensor], Tensor]
+
+
+class StagedStep(NamedTuple):
+    """node_energy [n_local], forces [N_all, 3] (ghost rows still to be added to owners),
+    node_feats [n_local, C] (every layer's output, concatenated; what the head reads)."""
+
+    node_energy: Tensor
+    forces: Tensor
+    node_feats: Tensor
+
+
+def _leaf(tensor: Tensor) -> Tensor:
+    return tensor.detach().requires_grad_(True)
+
+
+def staged_step(
+    fused: torch.jit.ScriptModule,
+    positions: Tensor,
+    species: Tensor,
+    edge_index: Tensor,
+    n_local: int,
+    forward: Exchange,
+    reverse: Exchange,
+) -> StagedStep:
+    """Energies, forces and features of the local atoms, computed layer by layer on them."""
+    num_layers = int(fused.num_layers)
+    species_local = species[:n_local]
+    positions = _leaf(positions.to(torch.float64))
+    edges = fused.stage_edges(positions, species, edge_index)
+    edge_leaves = [_leaf(t) for t in edges]
+
+    with torch.no_grad():  # the embedding depends on species only
+        embedded = fused.stage_embedding(species)
+        sent0 = fused.stage_up(0, embedded)
+    feats_in: List[Optional[Tensor]] = [None] * num_layers
+    sent_local: List[Optional[Tensor]] = [None] * num_layers
+    sent_all: List[Tensor] = []
+    feats_out: List[Tensor] = []
+    energies: List[Tensor] = []
+    node_feats = embedded[:n_local]
+    for layer in range(num_layers):
+        if layer == 0:
+            sent = sent0
+        else:
+            feats_in[layer] = node_feats = _leaf(node_feats)
+            sent_local[layer] = fused.stage_up(layer, node_feats)
+            ghosts = torch.zeros(
+                (positions.shape[0] - n_local, sent_local[layer].shape[1]), dtype=torch.float64
+            )
+            sent = _leaf(forward(torch.cat([sent_local[layer].detach(), ghosts])))
+        sent_all.append(sent)
+        node_feats, energy = fused.stage_layer(
+            layer, sent, node_feats, species_local, edge_leaves, edge_index, n_local
+        )
+        feats_out.append(node_feats)
+        energies.append(energy)
+
+    energy_leaves = [_leaf(e) for e in energies]
+    node_energy = fused.stage_energy(species_local, torch.stack(energy_leaves))
+    energy_grads = torch.autograd.grad([node_energy.sum()], energy_leaves)
+
+    edge_grads = [torch.zeros_like(t) for t in edge_leaves]
+    feats_grad: Optional[Tensor] = None
+    for layer in reversed(range(num_layers)):
+        outputs, grad_outputs = [energies[layer]], [energy_grads[layer]]
+        if feats_grad is not None:
+            outputs.append(feats_out[layer])
+            grad_outputs.append(feats_grad)
+        inputs = list(edge_leaves)
+        if layer > 0:
+            inputs += [sent_all[layer], feats_in[layer]]
+        grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)
+        for k, grad in enumerate(grads[: len(edge_leaves)]):
+            if grad is not None:
+                edge_grads[k] += grad
+        if layer == 0:
+            break
+        sent_grad = reverse(grads[len(edge_leaves)].contiguous())[:n_local]
+        through_up = torch.autograd.grad([sent_local[layer]], [feats_in[layer]], [sent_grad])[0]
+        direct = grads[len(edge_leaves) + 1]
+        feats_grad = through_up if direct is None else through_up + direct
+
+    used = [(t, g) for t, g in zip(edges, edge_grads) if t.requires_grad]
+    position_grad = torch.autograd.grad([t for t, _ in used], [positions], [g for _, g in used])[0]
+    return StagedStep(
+        node_energy.detach(),
+        -position_grad.detach(),
+        torch.cat([f.detach() for f in feats_out], dim=1),
+    )
+
+
+def periodic_exchanges(owner: Tensor, n_local: int) -> tuple[Exchange, Exchange]:
+    """Exchanges on one rank whose ghosts are periodic images: owner[k] = local atom of row k."""
+    owner = owner.long()
+
+    def forward(rows: Tensor) -> Tensor:
+        rows = rows.clone()
+        rows[n_local:] = rows[owner[n_local:]]
+        return rows
+
+    def reverse(rows: Tensor) -> Tensor:
+        folded = rows[:n_local].clone()
+        folded.index_add_(0, owner[n_local:], rows[n_local:])
+        return torch.cat([folded, torch.zeros_like(rows[n_local:])])
+
+    return forward, reverse
