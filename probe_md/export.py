@@ -154,14 +154,15 @@ class StagedFusedProbeMace(FusedProbeMace):
     between layers (see probe_md.mace_stages). The call order, per MD step:
 
       h = stage_embedding(species[N_all]);  sent = stage_up(0, h);  h = h[:n_local]
-      edges = stage_edges(positions[N_all], species, edge_index)
+      edges = stage_edges(x[receivers] - x[senders], species, edge_index)
       for layer: (sent = stage_up(layer, h) on local rows, ghost rows from their owners)
                  h, e[layer] = stage_layer(layer, sent, h, species[:n_local], edges, edge_index, n_local)
       node_energy = stage_energy(species[:n_local], stack(e))
       scores, values = head_terms(cat(h of every layer))
 
-    Forces come from chaining the stages' gradients backwards, returning ghost rows'
-    gradients of `sent` to their owners before each `stage_up` (reverse communication).
+    The engine chains the stages' gradients backwards down to the edge vectors, returning
+    ghost rows' gradients of `sent` to their owners before each `stage_up` (reverse
+    communication); -dE/d(vector) of an edge is the force on its receiver, +that on its sender.
     """
 
     exchange_widths: List[int]
@@ -177,8 +178,9 @@ class StagedFusedProbeMace(FusedProbeMace):
         return self.stages.embedding(species_index, self._model_dtype()).to(torch.float64)
 
     @torch.jit.export
-    def stage_edges(self, positions: Tensor, species_index: Tensor, edge_index: Tensor) -> List[Tensor]:
-        return self.stages.edges(positions.to(self._model_dtype()), species_index, edge_index)
+    def stage_edges(self, vectors: Tensor, species_index: Tensor, edge_index: Tensor) -> List[Tensor]:
+        """Edge terms from edge vectors [E,3] = x[receiver] - x[sender] (float64)."""
+        return self.stages.edges(vectors.to(self._model_dtype()), species_index, edge_index)
 
     @torch.jit.export
     def stage_up(self, layer: int, node_feats: Tensor) -> Tensor:

@@ -147,7 +147,7 @@ class StagedMace(torch.nn.Module):
         no_edges = torch.zeros((2, 0), dtype=torch.long)
         with torch.no_grad():
             node_feats = self.embedding(species, dtype)
-            edges = self.edges(torch.zeros((1, 3), dtype=dtype), species, no_edges)
+            edges = self.edges(torch.zeros((0, 3), dtype=dtype), species, no_edges)
             for index in range(len(self.layers)):
                 sent = self.up(index, node_feats)
                 widths.append(int(sent.shape[1]))
@@ -160,11 +160,11 @@ class StagedMace(torch.nn.Module):
     def embedding(self, species_index: Tensor, dtype: torch.dtype) -> Tensor:
         return self.node_embedding(self.node_attrs(species_index, dtype))
 
-    def edges(self, positions: Tensor, species_index: Tensor, edge_index: Tensor) -> List[Tensor]:
-        """[edge_attrs, edge_feats(, cutoff)] of every edge; positions in the model dtype."""
-        vectors = positions[edge_index[1]] - positions[edge_index[0]]
+    def edges(self, vectors: Tensor, species_index: Tensor, edge_index: Tensor) -> List[Tensor]:
+        """[edge_attrs, edge_feats(, cutoff)] of every edge from its vector
+        x[receiver] - x[sender] (mace's convention), in the model dtype."""
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
-        node_attrs = self.node_attrs(species_index, positions.dtype)
+        node_attrs = self.node_attrs(species_index, vectors.dtype)
         edge_feats, cutoff = self.radial_embedding(lengths, node_attrs, edge_index, self.atomic_numbers)
         out = [self.spherical_harmonics(vectors), edge_feats]
         if cutoff is not None:

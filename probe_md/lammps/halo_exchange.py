@@ -20,12 +20,26 @@ Exchange = Callable[[Tensor], Tensor]
 
 
 class StagedStep(NamedTuple):
-    """node_energy [n_local], forces [N_all, 3] (ghost rows still to be added to owners),
-    node_feats [n_local, C] (every layer's output, concatenated; what the head reads)."""
+    """node_energy [n_local]; edge_gradient [E, 3] = dE/d(vector) of every edge (its receiver
+    feels -that, its sender +that); node_feats [n_local, C] (every layer's output,
+    concatenated: what the head reads)."""
 
     node_energy: Tensor
-    forces: Tensor
+    edge_gradient: Tensor
     node_feats: Tensor
+
+
+def edge_vectors(positions: Tensor, edge_index: Tensor) -> Tensor:
+    """mace's edge vectors x[receiver] - x[sender] [E, 3]."""
+    return positions[edge_index[1]] - positions[edge_index[0]]
+
+
+def atom_forces(edge_gradient: Tensor, edge_index: Tensor, n_atoms: int) -> Tensor:
+    """Forces [n_atoms, 3] (ghost rows included) from the edges' dE/d(vector)."""
+    forces = torch.zeros((n_atoms, 3), dtype=edge_gradient.dtype)
+    forces.index_add_(0, edge_index[1], -edge_gradient)
+    forces.index_add_(0, edge_index[0], edge_gradient)
+    return forces
 
 
 def _leaf(tensor: Tensor) -> Tensor:
@@ -34,18 +48,20 @@ def _leaf(tensor: Tensor) -> Tensor:
 
 def staged_step(
     fused: torch.jit.ScriptModule,
-    positions: Tensor,
+    vectors: Tensor,
     species: Tensor,
     edge_index: Tensor,
     n_local: int,
     forward: Exchange,
     reverse: Exchange,
 ) -> StagedStep:
-    """Energies, forces and features of the local atoms, computed layer by layer on them."""
+    """Energies, edge gradients and features of the local atoms, computed layer by layer on
+    them. vectors [E, 3]: x[receiver] - x[sender]; receivers are local atoms; species [N_all]."""
     num_layers = int(fused.num_layers)
+    n_all = species.shape[0]
     species_local = species[:n_local]
-    positions = _leaf(positions.to(torch.float64))
-    edges = fused.stage_edges(positions, species, edge_index)
+    vectors = _leaf(vectors.to(torch.float64))
+    edges = fused.stage_edges(vectors, species, edge_index)
     edge_leaves = [_leaf(t) for t in edges]
 
     with torch.no_grad():  # the embedding depends on species only
@@ -63,9 +79,7 @@ def staged_step(
         else:
             feats_in[layer] = node_feats = _leaf(node_feats)
             sent_local[layer] = fused.stage_up(layer, node_feats)
-            ghosts = torch.zeros(
-                (positions.shape[0] - n_local, sent_local[layer].shape[1]), dtype=torch.float64
-            )
+            ghosts = torch.zeros((n_all - n_local, sent_local[layer].shape[1]), dtype=torch.float64)
             sent = _leaf(forward(torch.cat([sent_local[layer].detach(), ghosts])))
         sent_all.append(sent)
         node_feats, energy = fused.stage_layer(
@@ -100,10 +114,10 @@ def staged_step(
         feats_grad = through_up if direct is None else through_up + direct
 
     used = [(t, g) for t, g in zip(edges, edge_grads) if t.requires_grad]
-    position_grad = torch.autograd.grad([t for t, _ in used], [positions], [g for _, g in used])[0]
+    edge_gradient = torch.autograd.grad([t for t, _ in used], [vectors], [g for _, g in used])[0]
     return StagedStep(
         node_energy.detach(),
-        -position_grad.detach(),
+        edge_gradient.detach(),
         torch.cat([f.detach() for f in feats_out], dim=1),
     )
 

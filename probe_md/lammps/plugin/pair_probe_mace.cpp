@@ -428,10 +428,12 @@ void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
   double **x = atom->x;
   double **f = atom->f;
 
-  // Edges j -> i into local atoms i from every atom j within r_max, local or ghost.
+  // Edges j -> i into local atoms i from every atom j within r_max, local or ghost, with
+  // mace's edge vector x_i - x_j.
   const double cutsq_model = r_max * r_max;
   senders.clear();
   receivers.clear();
+  edge_vectors.clear();
   for (int ii = 0; ii < list->inum; ii++) {
     const int i = list->ilist[ii];
     const int *jlist = list->firstneigh[i];
@@ -442,11 +444,21 @@ void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
       if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
       senders.push_back(j);
       receivers.push_back(i);
+      edge_vectors.insert(edge_vectors.end(), {dx, dy, dz});
     }
   }
-  torch::Tensor positions, species;
-  gather_nodes(x, atom->type, type_to_species, nullptr, nall, positions, species, error);
-  positions = positions.to(device).requires_grad_(true);
+  const int64_t nedges = static_cast<int64_t>(senders.size());
+  torch::Tensor vectors = torch::from_blob(edge_vectors.data(), {nedges, 3}, f64)
+                              .to(device, /*non_blocking=*/false, /*copy=*/true)
+                              .requires_grad_(true);
+  torch::Tensor species = torch::empty({nall}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t *spec = species.data_ptr<int64_t>();
+  for (int64_t i = 0; i < nall; i++) {
+    spec[i] = type_to_species[atom->type[i]];
+    if (spec[i] < 0)
+      error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff",
+                 atom->type[i]);
+  }
   species = species.to(device);
   torch::Tensor edge_index = edge_tensor(senders, receivers).to(device);
   torch::Tensor species_local = species.slice(0, 0, nlocal);
@@ -455,7 +467,7 @@ void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
   };
 
   const std::vector<torch::Tensor> edges =
-      call("stage_edges", {positions, species, edge_index}).toTensorVector();
+      call("stage_edges", {vectors, species, edge_index}).toTensorVector();
   const std::vector<torch::Tensor> edge_leaves = leaves_of(edges);
   c10::List<torch::Tensor> edge_list;
   for (const auto &t : edge_leaves) edge_list.push_back(t);
@@ -527,15 +539,18 @@ void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
       edge_outputs.push_back(edges[k]);
       edge_grad_outputs.push_back(edge_grads[k]);
     }
-  const torch::Tensor position_grad =
-      torch::autograd::grad(edge_outputs, {positions}, edge_grad_outputs, false, false, true)[0];
-  if (position_grad.defined()) {
-    const torch::Tensor forces = position_grad.to(torch::kCPU).contiguous();
-    const double *g = forces.data_ptr<double>();
-    for (int64_t i = 0; i < nall; i++) {
-      f[i][0] -= g[3 * i];
-      f[i][1] -= g[3 * i + 1];
-      f[i][2] -= g[3 * i + 2];
+  const torch::Tensor edge_grad =
+      torch::autograd::grad(edge_outputs, {vectors}, edge_grad_outputs, false, false, true)[0];
+  if (edge_grad.defined()) {
+    // dE/d(x_i - x_j) = g: the receiver i feels -g, the sender j (maybe a ghost) +g.
+    const torch::Tensor g_cpu = edge_grad.to(torch::kCPU).contiguous();
+    const double *g = g_cpu.data_ptr<double>();
+    for (int64_t e = 0; e < nedges; e++) {
+      const int i = static_cast<int>(receivers[e]), j = static_cast<int>(senders[e]);
+      for (int d = 0; d < 3; d++) {
+        f[i][d] -= g[3 * e + d];
+        f[j][d] += g[3 * e + d];
+      }
     }
   }
   if (scoring) {

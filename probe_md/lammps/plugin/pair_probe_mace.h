@@ -55,6 +55,7 @@ class PairProbeMace : public Pair {
   // Graph buffers, reused between steps.
   std::vector<int> hop, node_of_atom, atom_of_node;
   std::vector<int64_t> senders, receivers;
+  std::vector<double> edge_vectors;        // [nedges * 3], staged path
 
   void allocate();
   void choose_threads_and_device(const char *device_name);
