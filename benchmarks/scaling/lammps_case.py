@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-CU_FCC_A = 3.615  # Å, also the bare MACE's structure (bare_mace.py)
-CU_MASS = 63.546
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fcc_cu import system_commands  # noqa: E402
+
 TIMESTEP_PS = 0.002
 TEMPERATURE_K = 300.0
 MIN_TIMED_STEPS = 2
@@ -29,19 +30,6 @@ MIN_TIMED_STEPS = 2
 def pair_style_command(model: Path, exchange: str) -> str:
     """The pair style line of a case (the one place that knows the `exchange` keyword)."""
     return f"pair_style probe/mace {model} exchange {exchange}"
-
-
-def system_commands(repeat: int) -> list[str]:
-    return [
-        "units metal",
-        "atom_style atomic",
-        "boundary p p p",
-        f"lattice fcc {CU_FCC_A}",
-        f"region box block 0 {repeat} 0 {repeat} 0 {repeat}",
-        "create_box 1 box",
-        "create_atoms 1 box",
-        f"mass 1 {CU_MASS}",
-    ]
 
 
 def dynamics_commands(pair_style: str, every: int, seed: int) -> list[str]:
