@@ -381,6 +381,21 @@ static torch::Tensor edge_tensor(const std::vector<int64_t> &senders,
   return edge_index;
 }
 
+/* Calls visit(j, dx, dy, dz) for every neighbour j of atom i closer than sqrt(cutsq), with
+   (dx, dy, dz) = x_i - x_j (mace's edge vector for the edge j -> i). */
+template <typename Visit>
+static void for_each_neighbour_within(const NeighList *list, double **x, double cutsq, int i,
+                                      Visit visit)
+{
+  const int *jlist = list->firstneigh[i];
+  const int jnum = list->numneigh[i];
+  for (int jj = 0; jj < jnum; jj++) {
+    const int j = jlist[jj] & NEIGHMASK;
+    const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
+    if (dx * dx + dy * dy + dz * dz < cutsq) visit(j, dx, dy, dz);
+  }
+}
+
 void PairProbeMace::compute_whole_graph(bool scoring, torch::Tensor &node_energy,
                                         torch::Tensor &scores, torch::Tensor &values)
 {
@@ -407,12 +422,7 @@ void PairProbeMace::compute_whole_graph(bool scoring, torch::Tensor &node_energy
   for (size_t k = 0; k < atom_of_node.size(); k++) {    // breadth-first: grows while iterating
     const int i = atom_of_node[k];
     if (hop[i] >= num_layers) continue;
-    const int *jlist = list->firstneigh[i];
-    const int jnum = list->numneigh[i];
-    for (int jj = 0; jj < jnum; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
-      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+    for_each_neighbour_within(list, x, cutsq_model, i, [&](int j, double, double, double) {
       if (hop[j] < 0) {
         hop[j] = hop[i] + 1;
         node_of_atom[j] = static_cast<int>(atom_of_node.size());
@@ -420,7 +430,7 @@ void PairProbeMace::compute_whole_graph(bool scoring, torch::Tensor &node_energy
       }
       senders.push_back(node_of_atom[j]);
       receivers.push_back(static_cast<int64_t>(k));
-    }
+    });
   }
   const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
   torch::Tensor positions, species;
@@ -487,16 +497,11 @@ void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
   edge_vectors.clear();
   for (int ii = 0; ii < list->inum; ii++) {
     const int i = list->ilist[ii];
-    const int *jlist = list->firstneigh[i];
-    const int jnum = list->numneigh[i];
-    for (int jj = 0; jj < jnum; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const double dx = x[i][0] - x[j][0], dy = x[i][1] - x[j][1], dz = x[i][2] - x[j][2];
-      if (dx * dx + dy * dy + dz * dz >= cutsq_model) continue;
+    for_each_neighbour_within(list, x, cutsq_model, i, [&](int j, double dx, double dy, double dz) {
       senders.push_back(j);
       receivers.push_back(i);
       edge_vectors.insert(edge_vectors.end(), {dx, dy, dz});
-    }
+    });
   }
   const int64_t nedges = static_cast<int64_t>(senders.size());
   torch::Tensor vectors = torch::from_blob(edge_vectors.data(), {nedges, 3}, f64)
