@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from probe_md.lammps.driver import Reading, run_lammps_input
+from probe_md.lammps.driver import Reading, RunOptions, run_lammps_input
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE
 from probe_md.lammps_runtime import import_lammps
 from stand_ins import ThermalStandIn
@@ -273,3 +275,215 @@ def test_demo_runs_the_plugin_flags_and_halts(tiny_fused, tmp_path, capsys):
     assert summary["halt_step"] == 8 and summary["frames_written"] == 3
     assert Path(summary["restart"]).is_file() and (out / "demo.in").is_file()
     assert "halted at step" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- issue 10: trust
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+
+
+def folder_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_refused_and_a_failed_overwrite_keeps_it(heat_input, tmp_path):
+    out = tmp_path / "out"
+    run_stand_in(heat_input, out, variables={"T0": 300, "NSTEPS": 1500})
+    before = folder_bytes(out)
+    assert {"reliability.jsonl", "flagged.extxyz", "halt.restart", "log.lammps"} <= set(before)
+    bad = tmp_path / "bad.in"
+    bad.write_text(HEAT_INPUT.replace("create_box 1 box\ncreate_atoms 1 box", "read_data missing.data"))
+    with pytest.raises(FileExistsError, match="holds an earlier run .*--overwrite"):
+        run_stand_in(bad, out)
+    assert folder_bytes(out) == before
+    with pytest.raises(RuntimeError, match="LAMMPS stopped at `read_data missing.data`"):
+        run_stand_in(bad, out, options=RunOptions(folder_mode="overwrite"))
+    after = folder_bytes(out)
+    assert {k: v for k, v in after.items() if k != "log.lammps.pending"} == before
+    # a good overwrite replaces the earlier run once its input reaches `run`
+    summary = run_stand_in(heat_input, out, on_drop="dump", variables={"T0": 300, "NSTEPS": 100},
+                           options=RunOptions(folder_mode="overwrite"))
+    assert not summary["halted"] and [r["step"] for r in read_records(out)] == list(range(0, 101, 10))
+    assert not (out / "halt.restart").exists() and not (out / "log.lammps.pending").exists()
+    assert "run 100" in (out / "log.lammps").read_text()
+
+
+def test_last_trusted_restart_and_resume_continue_the_same_trajectory(heat_input, tmp_path):
+    """Halted run -> resume from last_trusted.restart (threshold relaxed) == one uninterrupted
+    run: every check once, the same logits (the stand-in's logit is the temperature, so it
+    follows the Nose-Hoover trajectory and its ramp), superseded checks kept aside."""
+    variables = {"T0": 300, "NSTEPS": 1200}
+    straight = run_stand_in(heat_input, tmp_path / "straight", threshold=0.01, on_drop="dump",
+                            variables=variables)
+    assert not straight["halted"]
+    out = tmp_path / "out"
+    halted = run_stand_in(heat_input, out, variables=variables)
+    assert halted["halted"]
+    trusted_step = halted["last_trusted_step"]
+    records = read_records(out)
+    assert trusted_step == max(r["step"] for r in records if not r["flagged"])
+    assert Path(halted["last_trusted_restart"]) == out / "last_trusted.restart"
+    assert halted["temperature_k"] > 300 and halted["stopped_by"] == "reliability"
+    resumed = run_stand_in(heat_input, out, threshold=0.01, on_drop="dump", variables=variables,
+                           options=RunOptions(folder_mode="resume", resume_from=out / "last_trusted.restart"))
+    merged = read_records(out)
+    expected = read_records(tmp_path / "straight")
+    assert [r["step"] for r in merged] == [r["step"] for r in expected] == list(range(0, 1201, 10))
+    np.testing.assert_allclose([r["logit"] for r in merged], [r["logit"] for r in expected], rtol=0, atol=1e-8)
+    superseded = [json.loads(line) for line in (out / "superseded.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in superseded] == [r["step"] for r in records if r["step"] > trusted_step]
+    frames = ase.io.read(out / FLAGGED_FILE, index=":")
+    assert [f.info["step"] for f in frames] == [r["step"] for r in merged if r["dump"]]
+    assert len(ase.io.read(out / "superseded.extxyz", index=":")) == len([s for s in superseded if s["dump"]])
+    assert resumed["checks"] == len(merged) and resumed["final_step"] == 1200
+    assert (out / "log.lammps").read_text().count("LAMMPS stopped") == 0
+
+
+def test_resume_rewrites_the_system_definition_and_the_run():
+    from probe_md.lammps.resume import ResumedInput
+
+    resumed = ResumedInput(Path("/r/last.restart"))
+    assert resumed.rewrite("create_box 1 box", "create_box") == "read_restart /r/last.restart"
+    assert resumed.rewrite("create_atoms 1 box", "create_atoms") is None
+    assert resumed.rewrite("velocity all create 300 1", "velocity") is None
+    assert resumed.rewrite("fix nvt all nvt temp 300 900 0.1", "fix") == "fix nvt all nvt temp 300 900 0.1"
+    resumed.restored_step = 1500
+    expand = lambda text: text.replace("${N}", "1000")  # noqa: E731
+    assert resumed.rewrite_run("run ${N}", expand) is None  # 0..1000, done
+    assert resumed.rewrite_run("run ${N} post no", expand) == "run 500 start 1000 stop 2000 post no"
+    assert resumed.rewrite_run("run 3000 upto", expand) == "run 3000 upto"
+    with pytest.raises(ValueError, match="every"):
+        resumed.rewrite_run("run 10 every 5 NULL", expand)
+
+
+def test_elements_must_be_symbols_before_any_work(heat_input, tmp_path):
+    with pytest.raises(ValueError, match="'Xx' is not a chemical element"):
+        run_stand_in(heat_input, tmp_path / "out", elements=["Xx"])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="names 2 element"):
+        run_stand_in(heat_input, tmp_path / "out2", elements=["Cu", "Ni"])
+
+
+def plugin_input(tiny_fused, path: Path, extra: str = "") -> Path:
+    path.write_text(HEAT_INPUT.replace("0 3 0 3 0 3", "0 2 0 2 0 2")
+                    .replace("pair_style eam", f"pair_style probe/mace {tiny_fused}")
+                    .replace("pair_coeff 1 1 Cu_u3.eam", "pair_coeff * * Cu" + extra))
+    return path
+
+
+def wait_for_checks(out: Path, process: subprocess.Popen, count: int) -> None:
+    for _ in range(1200):
+        if (out / LOG_FILE).exists() and len((out / LOG_FILE).read_text().splitlines()) >= count:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the run never got to its checks")
+
+
+def interrupt_run(tiny_fused, tmp_path, signum, launcher=()) -> tuple[subprocess.Popen, str, str, Path]:
+    path = plugin_input(tiny_fused, tmp_path / "in.plugin")
+    out = tmp_path / "out"
+    command = [*launcher, sys.executable, "-m", "probe_md.cli.main", "run", str(path), "--every", "2",
+               "--threshold", "0.01", "--var", "T0=300", "--var", "NSTEPS=1000000", "--quiet", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    wait_for_checks(out, process, 3)
+    assert "Step" in (out / "log.lammps").read_text()  # LAMMPS's log is flushed at each check
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    return process, stdout, stderr, out
+
+
+def assert_clean_stop(out: Path, signal_name: str, ranks: int = 1) -> None:
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["stopped_by"] == signal_name and summary["ranks"] == ranks
+    steps = [r["step"] for r in read_records(out)]
+    assert steps == list(range(0, steps[-1] + 1, 2))  # no check dropped
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    try:
+        lmp.command(f"read_restart {out / 'interrupted.restart'}")
+        assert lmp.extract_global("ntimestep") == summary["final_step"] >= steps[-1]
+    finally:
+        lmp.close()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_cleanly_with_a_restart(tiny_fused, tmp_path, signum, code):
+    process, stdout, stderr, out = interrupt_run(tiny_fused, tmp_path, signum)
+    assert process.returncode == code, stderr
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr
+    assert f"{signal.Signals(signum).name} received: stopped at step" in stdout
+    assert_clean_stop(out, signal.Signals(signum).name)
+
+
+@pytest.mark.skipif(shutil.which("mpirun", path=str(Path(sys.executable).parent)) is None, reason="no mpirun")
+def test_ctrl_c_to_mpirun_stops_both_ranks_at_the_same_step(tiny_fused, tmp_path):
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent))
+    process, stdout, stderr, out = interrupt_run(tiny_fused, tmp_path, signal.SIGINT, (mpirun, "-np", "2"))
+    assert process.returncode == 130, stderr
+    assert stdout.count("SIGINT received: stopped at step") == 1  # said once, by rank 0
+    assert_clean_stop(out, "SIGINT", ranks=2)
+
+
+def test_adaptive_checking_scores_every_step_while_low(tiny_fused, tmp_path, capsys):
+    path = plugin_input(tiny_fused, tmp_path / "in.plugin")
+    common = dict(every=4, threshold=0.01, on_drop="dump", variables={"T0": 300, "NSTEPS": 16},
+                  comm=None, screen=False, print_summary=False)
+    run_lammps_input(path, out_dir=tmp_path / "plain", **common)
+    plain = {r["step"]: r for r in read_records(tmp_path / "plain")}
+    assert sorted(plain) == [0, 4, 8, 12, 16]
+    # warn 0.99: the tiny model is always "low", so after step 0 every step is scored
+    run_lammps_input(path, out_dir=tmp_path / "low", every_when_low=1, warn=0.99, **common)
+    low = read_records(tmp_path / "low")
+    assert [r["step"] for r in low] == list(range(17))
+    assert [r["next_every"] for r in low] == [1] * 17
+    assert "checking every 1 step(s) from now" in capsys.readouterr().out
+    for record in low:  # scored on that very step by the pair style, not a stale value
+        if record["step"] in plain:
+            assert record["logit"] == pytest.approx(plain[record["step"]]["logit"], abs=1e-10)
+    assert len({r["logit"] for r in low}) == 17
+    # warn below every reading: the interval stays at --every
+    run_lammps_input(path, out_dir=tmp_path / "high", every_when_low=2, warn=0.02, **common)
+    assert [r["step"] for r in read_records(tmp_path / "high")] == [0, 4, 8, 12, 16]
+    with pytest.raises(ValueError, match="every-when-low must be a positive divisor of every"):
+        run_lammps_input(path, out_dir=tmp_path / "bad", every_when_low=3, **common)
+
+
+def test_flagged_frames_take_elements_from_pair_coeff_not_masses(tiny_fused, tmp_path):
+    path = plugin_input(tiny_fused, tmp_path / "in.plugin")
+    path.write_text(path.read_text().replace("mass 1 63.546", "mass 1 60.0"))  # nearest element: Co
+    settings = dict(every=2, threshold=0.99, patience=2, variables={"T0": 300, "NSTEPS": 10}, comm=None,
+                    screen=False, print_summary=False)
+    run_lammps_input(path, out_dir=tmp_path / "out", **settings)
+    frames = ase.io.read(tmp_path / "out" / FLAGGED_FILE, index=":")
+    assert {s for f in frames for s in f.get_chemical_symbols()} == {"Cu"}
+    assert "Ignoring load" not in (tmp_path / "out" / "log.lammps").read_text()  # loaded once
+    with pytest.raises(ValueError, match="--elements Al disagrees with pair_coeff, which maps the atom types to Cu"):
+        run_lammps_input(path, out_dir=tmp_path / "al", elements=["Al"], **settings)
+
+
+def test_demo_input_reruns_from_anywhere_and_bad_settings_are_one_line(tiny_fused, tmp_path, capsys):
+    from probe_md.cli.main import main
+
+    assert main(["demo", "--every", "0", "--out", str(tmp_path / "d0")]) == 2
+    assert "every must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "d0").exists()
+    out = tmp_path / "demo"
+    args = ["demo", "--model", str(tiny_fused), "--out", str(out), "--repeat", "2", "--steps", "8", "--every", "4"]
+    assert main(args) == 0
+    text = (out / "demo.in").read_text()
+    assert f"pair_style probe/mace {tiny_fused.resolve()}" in text
+    capsys.readouterr()
+    assert main(args) == 2 and "holds an earlier run" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+@pytest.mark.skipif(shutil.which("mpirun", path=str(Path(sys.executable).parent)) is None, reason="no mpirun")
+def test_an_error_every_rank_meets_is_printed_once(heat_input, tmp_path):
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOG_FILE).write_text("{}\n")
+    for args in (["missing.in"], [str(heat_input), "--out", str(tmp_path / "out")]):
+        result = subprocess.run([mpirun, "-np", "2", sys.executable, "-m", "probe_md.cli.main", "run", *args],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.count("probe-md run: error:") == 1, result.stderr

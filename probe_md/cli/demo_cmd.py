@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"halt after this many consecutive flagged checks (default {default.patience})")
     parser.add_argument("--model", type=Path, default=None,
                         help="fused model from `probe-md export` (default: the embedded Cu model)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo run in --out (default: refuse a folder holding one)")
     parser.add_argument("--screen", action="store_true", help="show LAMMPS screen output")
 
 
@@ -40,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat, steps=args.steps, t_end_k=args.t_end, every=args.every,
         threshold=args.threshold, patience=args.patience,
     )
-    run_demo(args.out, config, screen=args.screen, model=args.model)
-    return 0
+    summary = run_demo(args.out, config, screen=args.screen, model=args.model, overwrite=args.overwrite)
+    return summary["exit_code"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,22 +18,51 @@ def parse_variable(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from probe_md.lammps.monitor import MonitorConfig
+
     parser.add_argument("input", type=Path, help="LAMMPS input script (uses pair_style probe/mace)")
-    parser.add_argument("--every", type=int, default=10, help="score every N MD steps (default 10)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="flag a frame when P(reliable) falls below this (default 0.5)")
-    parser.add_argument("--patience", type=int, default=3,
-                        help="halt after this many consecutive flagged checks (default 3)")
-    parser.add_argument("--on-drop", default="dump,halt",
+    parser.add_argument("--every", type=int, default=MonitorConfig.every,
+                        help=f"score every N MD steps (default {MonitorConfig.every})")
+    parser.add_argument("--threshold", type=float, default=MonitorConfig.threshold,
+                        help=f"flag a frame when P(reliable) falls below this (default {MonitorConfig.threshold})")
+    parser.add_argument("--patience", type=int, default=MonitorConfig.patience,
+                        help=f"halt after this many consecutive flagged checks (default {MonitorConfig.patience})")
+    parser.add_argument("--on-drop", default=",".join(MonitorConfig.actions),
                         help="what to do on flagged checks: dump, halt, dump,halt or none (default dump,halt)")
+    parser.add_argument("--every-when-low", type=int, default=None, metavar="N",
+                        help="score every N steps (a divisor of --every) while the reliability is below "
+                             "--warn, until it recovers (default: always --every)")
+    parser.add_argument("--warn", type=float, default=None,
+                        help="reliability below which --every-when-low applies (default: --threshold)")
     parser.add_argument("--out", type=Path, default=Path("probe_run"),
                         help="output folder: reliability.jsonl, flagged.extxyz, reliability.png, "
-                             "summary.json, halt.restart, log.lammps (default ./probe_run)")
+                             "summary.json, last_trusted.restart, halt.restart, log.lammps (default "
+                             "./probe_run); a folder holding an earlier run is refused unless "
+                             "--overwrite or --from")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier run in --out (removed only once the new input reaches "
+                             "its first run)")
+    parser.add_argument("--from", dest="resume_from", type=Path, default=None, metavar="RESTART",
+                        help="continue the input from this restart (e.g. OUT/last_trusted.restart), "
+                             "appending to the logs in --out without duplicating steps")
+    parser.add_argument("--no-trusted-restart", action="store_true",
+                        help="do not keep last_trusted.restart (a restart at each passing check)")
     parser.add_argument("--var", dest="variables", action="append", type=parse_variable, default=[],
                         metavar="NAME=VALUE", help="set an input variable, like lmp -var (repeatable)")
     parser.add_argument("--elements", default=None,
-                        help="element of each atom type, comma-separated (default: guessed from masses)")
+                        help="element of each atom type, comma-separated (default: pair_coeff's map; "
+                             "must agree with it)")
     parser.add_argument("--quiet", action="store_true", help="no LAMMPS screen output")
+
+
+def run_options(args: argparse.Namespace):
+    from probe_md.lammps.driver import RunOptions
+
+    if args.overwrite and args.resume_from is not None:
+        raise ValueError("--overwrite and --from exclude each other: --from continues the run in --out")
+    mode = "resume" if args.resume_from is not None else "overwrite" if args.overwrite else "fresh"
+    return RunOptions(folder_mode=mode, resume_from=args.resume_from,
+                      trusted_restarts=not args.no_trusted_restart)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
         variables=dict(args.variables),
         elements=args.elements.split(",") if args.elements else None,
         screen=not args.quiet,
+        every_when_low=args.every_when_low,
+        warn=args.warn,
+        options=run_options(args),
     )
-    return 0 if summary is not None else 1
+    return summary["exit_code"]
 
 
 def main(argv: list[str] | None = None) -> int:

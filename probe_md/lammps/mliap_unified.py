@@ -264,12 +264,9 @@ class ProbeMliapUnified(MLIAPUnified):
             )
         self.exchanging_ = bool(self.staged and has_hooks and self.exchange is not False)
         self.model_ = torch.jit.load(self.fused_path, map_location=self.device_).eval()
-        if self._comm_setting == "auto":
-            from probe_md.lammps.driver import _mpi_comm
+        from probe_md.mpi import resolve_comm
 
-            self.comm_ = _mpi_comm()
-        else:
-            self.comm_ = self._comm_setting
+        self.comm_ = resolve_comm(self._comm_setting)
         rank = self.comm_.Get_rank() if self.comm_ is not None else 0
         self.monitor_ = ReliabilityMonitor(self.config, self.out_dir, writer=rank == 0)
 
@@ -432,7 +429,7 @@ class ProbeMliapUnified(MLIAPUnified):
             self._warn_once("dump", "flagged frames need coordinates: attach a lammps handle "
                                     "(ProbeMliapUnified.attach(lmp)); only the log is written")
             return
-        from probe_md.lammps.driver import gather_frame
+        from probe_md.lammps.frames import gather_frame
 
         lmp = self.lmp_
         tags = lmp.numpy.extract_atom("id")

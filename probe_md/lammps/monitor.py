@@ -6,7 +6,7 @@ flagged, the structure with per-atom importances. The monitor decides whether th
 flagged (probability below the threshold) and whether to halt (`patience` consecutive flagged
 checks), and writes:
 
-  reliability.jsonl  one JSON object per check, flushed line by line
+  reliability.jsonl  one JSON object per check, appended and flushed line by line
   flagged.extxyz     flagged frames (species, positions, cell, pbc; info step/reliability/
                      logit; per-atom `importance`), appended whole and fsync'ed
   reliability.png    reliability against step (written atomically at the end)
@@ -27,13 +27,10 @@ from typing import Final, Sequence
 import numpy as np
 
 from probe_md.io_utils import atomic_write_bytes
+from probe_md.lammps.run_folder import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE, RunFolder
 
 ACTIONS: Final[tuple[str, ...]] = ("dump", "halt")
-
-LOG_FILE: Final[str] = "reliability.jsonl"
-FLAGGED_FILE: Final[str] = "flagged.extxyz"
-PLOT_FILE: Final[str] = "reliability.png"
-SUMMARY_FILE: Final[str] = "summary.json"
+__all__ = ["FLAGGED_FILE", "LOG_FILE", "PLOT_FILE", "SUMMARY_FILE", "MonitorConfig", "ReliabilityMonitor"]
 
 # extxyz keys of a flagged frame
 INFO_STEP: Final[str] = "step"  # int, MD timestep
@@ -64,6 +61,10 @@ class MonitorConfig:
     threshold: float = 0.5  # a check is flagged when P(reliable) < threshold
     patience: int = 3  # halt after this many consecutive flagged checks
     actions: tuple[str, ...] = ("dump", "halt")  # subset of ACTIONS
+    # Adaptive checking: below `warn` (default: the threshold) check every `every_when_low`
+    # steps until the reliability recovers. None = always `every`.
+    every_when_low: int | None = None
+    warn: float | None = None
 
     def __post_init__(self):
         if int(self.every) != self.every or self.every < 1:
@@ -72,7 +73,22 @@ class MonitorConfig:
             raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold}")
         if int(self.patience) != self.patience or self.patience < 1:
             raise ValueError(f"patience must be a positive integer number of checks, got {self.patience}")
+        low = self.every_when_low
+        if low is not None and (int(low) != low or low < 1 or self.every % low):
+            raise ValueError(f"every-when-low must be a positive divisor of every ({self.every}), got {low}")
+        if self.warn is not None and not self.threshold <= self.warn < 1.0:
+            raise ValueError(f"warn must be a probability in [threshold, 1), got {self.warn}")
         object.__setattr__(self, "actions", parse_actions(self.actions))
+
+    @property
+    def warn_level(self) -> float:
+        return self.threshold if self.warn is None else self.warn
+
+    def interval_after(self, probability: float) -> int:
+        """Steps to the next check after one that read `probability`."""
+        if self.every_when_low is not None and not probability >= self.warn_level:
+            return self.every_when_low
+        return self.every
 
     def to_dict(self) -> dict:
         return {**asdict(self), "actions": list(self.actions)}
@@ -89,6 +105,7 @@ class Check:
     consecutive_flagged: int  # flagged checks in a row, this one included
     dump: bool  # the frame should be written (flagged and 'dump' requested)
     halt: bool  # the run should stop now (patience reached and 'halt' requested)
+    next_every: int  # steps to the next check (adaptive checking changes it)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -142,7 +159,14 @@ class ReliabilityMonitor:
     same global probability and reaches the same decision.
     """
 
-    def __init__(self, config: MonitorConfig, out_dir: str | os.PathLike | None, writer: bool = True):
+    def __init__(
+        self,
+        config: MonitorConfig,
+        out_dir: str | os.PathLike | None,
+        writer: bool = True,
+        check_folder: bool = True,
+        say=print,
+    ):
         self.config = config
         self.writer = writer and out_dir is not None
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -150,18 +174,40 @@ class ReliabilityMonitor:
         self.frames_written_ = 0
         self.halted_at_: int | None = None
         self.extra_summary: dict = {}  # front ends add e.g. the restart file, steps/s
+        self.every_now = config.every
         self._consecutive = 0
         self._log = None
+        self._say = say if self.writer else (lambda *a, **k: None)
         if self.writer:
             ensure_writable_dir(self.out_dir)
+            if check_folder:  # never append to (or mix with) an earlier run's files
+                RunFolder(self.out_dir).check()
             self.log_path = self.out_dir / LOG_FILE
             self.flagged_path = self.out_dir / FLAGGED_FILE
             self.plot_path = self.out_dir / PLOT_FILE
             self.summary_path = self.out_dir / SUMMARY_FILE
-            # A fresh run owns its outputs: stale frames of an earlier run would be misleading.
-            if self.flagged_path.exists():
-                self.flagged_path.unlink()
-            self._log = open(self.log_path, "w", encoding="utf-8")
+
+    def restore(self, records: list[dict], frames_written: int) -> None:
+        """Continue after the checks of an earlier run (a resume): counts, interval, patience."""
+        for record in records:
+            self.checks_.append(Check(**{**record, "probability": _nan_if_none(record["probability"]),
+                                         "logit": _nan_if_none(record["logit"]),
+                                         "next_every": record.get("next_every", self.config.every),
+                                         "halt": False}))
+        self._consecutive = self.checks_[-1].consecutive_flagged if self.checks_ else 0
+        if self.checks_:
+            self.every_now = self.config.interval_after(self.checks_[-1].probability)
+        self.frames_written_ = frames_written
+
+    def _write_record(self, decision: Check) -> None:
+        if self._log is None:  # opened at the first check: an --overwrite run starts clean
+            self._log = open(self.log_path, "a", encoding="utf-8")
+        record = asdict(decision)
+        for key in ("probability", "logit"):  # JSON has no nan/inf
+            if not math.isfinite(record[key]):
+                record[key] = None
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
 
     # --- decisions ---------------------------------------------------------------------
     def check(self, step: int, probability: float, logit: float) -> Check:
@@ -182,17 +228,21 @@ class ReliabilityMonitor:
             consecutive_flagged=self._consecutive,
             dump=flagged and "dump" in self.config.actions,
             halt=halt,
+            next_every=self.config.interval_after(probability),
         )
         if halt:
             self.halted_at_ = decision.step
         self.checks_.append(decision)
-        if self._log is not None:
-            record = asdict(decision)
-            for key in ("probability", "logit"):  # JSON has no nan/inf
-                if not math.isfinite(record[key]):
-                    record[key] = None
-            self._log.write(json.dumps(record) + "\n")
-            self._log.flush()
+        if self.writer:
+            self._write_record(decision)
+        if decision.next_every != self.every_now:
+            self._say(
+                f"PROBE: reliability {probability:.3g} at step {decision.step} "
+                + (f"below {self.config.warn_level:g}" if decision.next_every < self.every_now else "recovered")
+                + f": checking every {decision.next_every} step(s) from now",
+                flush=True,
+            )
+            self.every_now = decision.next_every
         return decision
 
     def write_frame(
@@ -323,14 +373,19 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"PROBE monitor: {summary['checks']} checks (steps {summary['first_step']}..{summary['last_step']}), "
         f"{summary['flagged_checks']} flagged" + (f" (first at step {first})" if first is not None else "")
-        + f", min reliability {'n/a' if min_rel is None else f'{min_rel:.3f}'}",
+        + f", min reliability {'n/a' if min_rel is None else f'{min_rel:.3g}'}",
         f"  frames written: {summary['frames_written']}; "
         + (f"halted at step {summary['halt_step']}" if summary["halted"] else "ran to completion"),
     ]
-    for key in ("restart", "steps_per_second", "wall_seconds"):
+    for key in ("restart", "last_trusted_restart", "last_trusted_step", "stopped_by",
+                "temperature_k", "steps_per_second", "wall_seconds"):
         if summary.get(key) is not None:
             lines.append(f"  {key.replace('_', ' ')}: {summary[key]}")
     for name, path in (summary.get("files") or {}).items():
         if path:
             lines.append(f"  {name}: {path}")
     return "\n".join(lines)
+
+
+def _nan_if_none(value) -> float:
+    return float("nan") if value is None else float(value)

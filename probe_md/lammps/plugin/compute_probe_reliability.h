@@ -6,6 +6,8 @@
 
 #include "compute.h"
 
+#include <string>
+
 namespace LAMMPS_NS {
 
 class ComputeProbeReliability : public Compute {
@@ -18,10 +20,15 @@ class ComputeProbeReliability : public Compute {
   void compute_peratom() override;
   double memory_usage() override;
 
-  int every;    // score every this many steps (read by pair_style probe/mace)
+  // Score every this many steps (read by pair_style probe/mace on every step): a number, or
+  // an equal-style/internal variable (`every v_name`) that a front end changes mid-run.
+  int current_every();
 
  private:
   class PairProbeMace *pair;
+  int every;
+  std::string every_variable;    // "" = fixed `every`
+  int every_ivar;
   int nmax;
   double *importance;
   void check_scored(const char *what);

@@ -46,7 +46,7 @@ using namespace LAMMPS_NS;
 static const char FUSED_FORMAT[] = "probe_md.fused/1";
 
 PairProbeMace::PairProbeMace(LAMMPS *lmp) :
-    Pair(lmp), scored_step(-1), probability(0.0), logit(0.0), score_every(0),
+    Pair(lmp), scored_step(-1), probability(0.0), logit(0.0),
     device(torch::kCPU), r_max(0.0), num_layers(0), num_heads(0), value_dim(0),
     exchange(true), exchange_request(-1), comm_rows(nullptr), comm_width(0)
 {
@@ -79,6 +79,7 @@ void PairProbeMace::allocate()
   for (int i = 0; i < n; i++)
     for (int j = 0; j < n; j++) setflag[i][j] = 0;
   type_to_species.assign(n, -1);
+  type_atomic_number.assign(n, 0.0);
 }
 
 void PairProbeMace::settings(int narg, char **arg)
@@ -135,7 +136,9 @@ void PairProbeMace::settings(int narg, char **arg)
                "float64 MACE models are supported", model_file, dtype);
   species.clear();
   for (const auto &s : model.attr("species").toListRef()) species.push_back(s.toStringRef());
-  if (r_max <= 0.0 || num_layers < 1 || species.empty())
+  atomic_numbers.clear();
+  for (const auto &z : model.attr("atomic_numbers").toListRef()) atomic_numbers.push_back(z.toInt());
+  if (r_max <= 0.0 || num_layers < 1 || species.empty() || atomic_numbers.size() != species.size())
     error->all(FLERR, "pair_style probe/mace: model file {} has invalid metadata (r_max {}, "
                "num_layers {}, {} species)", model_file, r_max, num_layers, species.size());
 
@@ -266,6 +269,7 @@ void PairProbeMace::coeff(int narg, char **arg)
                  "exported for species [{}]", itype, element, model_file,
                  utils::join_words(species, ", "));
     type_to_species[itype] = index;
+    type_atomic_number[itype] = static_cast<double>(atomic_numbers[index]);
   }
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
@@ -273,6 +277,9 @@ void PairProbeMace::coeff(int narg, char **arg)
 
 void PairProbeMace::init_style()
 {
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style probe/mace requires units metal (eV, Angstrom), not units {}",
+               update->unit_style);
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style probe/mace requires newton pair on (ghost forces are "
                "reverse-communicated to their owners)");
@@ -287,11 +294,10 @@ void PairProbeMace::init_style()
     if (comm->cutghostuser < needed) comm->cutghostuser = needed;
   }
 
-  score_every = 0;
+  reliability_computes.clear();
   for (auto *compute : modify->get_compute_by_style("probe/reliability")) {
     auto *reliability = dynamic_cast<ComputeProbeReliability *>(compute);
-    if (reliability && (score_every == 0 || reliability->every < score_every))
-      score_every = reliability->every;
+    if (reliability) reliability_computes.push_back(reliability);
   }
 }
 
@@ -305,10 +311,25 @@ double PairProbeMace::init_one(int i, int j)
 
 bool PairProbeMace::is_scoring_step() const
 {
-  if (score_every <= 0) return false;
-  bigint step = update->ntimestep;
+  if (reliability_computes.empty()) return false;
+  const bigint step = update->ntimestep;
   // Setup and the last step of a run are scored too: thermo always prints them.
-  return (step % score_every == 0) || update->setupflag || step == update->laststep;
+  if (update->setupflag || step == update->laststep) return true;
+  // Each compute's interval may be a variable (adaptive checking): asked on every step.
+  for (auto *reliability : reliability_computes)
+    if (step % reliability->current_every() == 0) return true;
+  return false;
+}
+
+/* "probe_atomic_number": per type (dim 1), the atomic number of the element pair_coeff maps
+   it to, so front ends label atoms by the model's own species map, not by guessing. */
+void *PairProbeMace::extract(const char *name, int &dim)
+{
+  if (strcmp(name, "probe_atomic_number") == 0 && !type_atomic_number.empty()) {
+    dim = 1;
+    return static_cast<void *>(type_atomic_number.data());
+  }
+  return nullptr;
 }
 
 void PairProbeMace::compute(int eflag, int vflag)

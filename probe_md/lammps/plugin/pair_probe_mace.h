@@ -23,6 +23,7 @@ class PairProbeMace : public Pair {
   void init_style() override;
   double init_one(int, int) override;
   double memory_usage() override;
+  void *extract(const char *, int &) override;
 
   // Halo exchange of per-layer node features (forward) and of their gradients (reverse).
   int pack_forward_comm(int, int *, double *, int, int *) override;
@@ -35,7 +36,7 @@ class PairProbeMace : public Pair {
   double probability;                 // calibrated P(MLIP reliable)
   double logit;                       // calibrated logit (probability = sigmoid(logit))
   std::vector<double> importance;     // per local atom at scored_step, 1 = average atom
-  int score_every;                    // 0 = never score (no compute probe/reliability)
+  std::vector<double> type_atomic_number;  // [ntypes+1] Z of each type's pair_coeff element
 
  protected:
   torch::jit::script::Module model;
@@ -44,6 +45,8 @@ class PairProbeMace : public Pair {
   double r_max;
   int num_layers, num_heads, value_dim;
   std::vector<std::string> species;
+  std::vector<int64_t> atomic_numbers;     // Z of each species
+  std::vector<class ComputeProbeReliability *> reliability_computes;  // who asks for scores
   std::vector<int64_t> type_to_species;    // [ntypes+1], -1 = unmapped
   // exchange yes: every layer on local atoms, ghost features from their owners between
   // layers, ghost cutoff r_max. exchange no: whole graph out to num_layers * r_max.
