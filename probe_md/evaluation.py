@@ -14,7 +14,7 @@ from probe_md import metrics, plots
 from probe_md.backbone import load_backbone
 from probe_md.baselines import FeatureDensity, ensemble_disagreement
 from probe_md.features import predict_dataset
-from probe_md.io_utils import atomic_write_text
+from probe_md.io_utils import atomic_write_text, check_output_path
 from probe_md.labels import class_balance, label_reliable, structure_errors
 from probe_md.structures import ReferenceKeys, read_structures
 from probe_md.training import ProbeClassifier, load_head
@@ -36,6 +36,8 @@ class EvaluateRequest:
 
 def evaluate(request: EvaluateRequest) -> dict:
     """Score every structure and compare PROBE with the baselines; returns the JSON report."""
+    if request.plots_dir is not None:
+        check_output_path(request.plots_dir, "plots folder", is_folder=True)
     head, info = load_head(request.head_path)
     backbone = load_backbone(request.model_path)
     if info.backbone_fingerprint and info.backbone_fingerprint != backbone.fingerprint:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from probe_md.backbone.mace import MaceBackbone, file_sha256
 from probe_md.head import ProbeHead
-from probe_md.io_utils import atomic_output
+from probe_md.io_utils import atomic_output, check_output_path
 from probe_md.mace_stages import StagedMace, why_not_stageable
 
 FUSED_FORMAT: Final[str] = "probe_md.fused/1"
@@ -283,6 +283,7 @@ def export_fused_model(
     from probe_md.backbone.mace_precision import cast_backbone
 
     mace_path, head_path, out_path = Path(mace_path), Path(head_path), Path(out_path)
+    check_output_path(out_path, "fused model file")
     backbone, head, info = _load_inputs(mace_path, head_path)
     if dtype is not None:
         backbone = cast_backbone(backbone, dtype)

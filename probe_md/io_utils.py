@@ -38,6 +38,28 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             temporary.unlink()
 
 
+def check_output_path(path: str | os.PathLike, what: str, is_folder: bool = False) -> Path:
+    """Fail now, in one line, if `path` (a file, or a folder with is_folder) cannot be written.
+
+    Called before any work starts, so a bad -o never costs a finished run: it creates the
+    folder and a temporary file in it (removed again). Raises ValueError naming the path.
+    """
+    path = Path(path)
+    folder = path if is_folder else path.parent
+    if not is_folder and path.is_dir():
+        raise ValueError(f"{what} {path} is a folder: give a file name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        # mkdir's own message for a file in the way ("File exists") hides which file it is.
+        blocking = next((up for up in (folder, *folder.parents) if up.exists() and not up.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else error.strerror or type(error).__name__
+        raise ValueError(f"cannot write {what} {path} ({reason}): choose another location") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_output(path) as temporary:
         temporary.write_text(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +11,7 @@ import numpy as np
 from probe_md.backbone import load_backbone
 from probe_md.baselines import FeatureDensity
 from probe_md.features import predict_dataset
+from probe_md.io_utils import check_output_path
 from probe_md.labels import (
     DEFAULT_CRITERION,
     DEFAULT_THRESHOLD_MULTIPLE,
@@ -41,16 +41,9 @@ class TrainRequest:
     training: TrainingConfig | None = None
 
 
-def _check_writable(path: Path) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"output folder {folder} is not writable")
-
-
 def train_probe(request: TrainRequest) -> tuple[ProbeClassifier, HeadInfo]:
     """Train, calibrate and save a head; returns the classifier and what was saved with it."""
-    _check_writable(Path(request.output_path))
+    check_output_path(request.output_path, "head file")
     backbone = load_backbone(request.model_path)
     structures = [a for path in request.data_paths for a in read_structures(path, request.keys)]
     predictions = predict_dataset(backbone, structures, request.cache_dir, "features")

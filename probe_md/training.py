@@ -45,14 +45,38 @@ class SplitIndices:
     calibration: np.ndarray
 
 
+def split_sizes(n_structures: int, config: TrainingConfig) -> dict[str, int]:
+    """How many of one class's structures go to each split."""
+    n_val = int(round(config.validation_fraction * n_structures))
+    n_cal = int(round(config.calibration_fraction * n_structures))
+    return {"train": n_structures - n_val - n_cal, "validation": n_val, "calibration": n_cal}
+
+
+def _check_split_sizes(is_reliable: np.ndarray, config: TrainingConfig) -> None:
+    """Every split needs structures of both classes: say which is empty and how many are needed."""
+    for label, name in ((True, "reliable"), (False, "unreliable")):
+        count = int(np.sum(is_reliable == label))
+        empty = [split for split, size in split_sizes(count, config).items() if size < 1]
+        if empty:
+            needed = next((n for n in range(1, 10_000) if min(split_sizes(n, config).values()) >= 1), None)
+            fix = (f"each class needs at least {needed} structures; add labelled data or change the threshold"
+                   if needed else "their sum must stay well below 1")
+            raise ValueError(
+                f"{count} {name} structures leave the {' and '.join(empty)} split(s) without any: with "
+                f"validation/calibration fractions {config.validation_fraction}/{config.calibration_fraction} "
+                f"{fix}"
+            )
+
+
 def stratified_split(is_reliable: np.ndarray, config: TrainingConfig) -> SplitIndices:
     """Split structures (never atoms) into train/validation/calibration, per class."""
+    _check_split_sizes(is_reliable, config)
     rng = np.random.default_rng(config.seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "calibration": []}
     for label in (True, False):
         members = rng.permutation(np.flatnonzero(is_reliable == label))
-        n_val = int(round(config.validation_fraction * len(members)))
-        n_cal = int(round(config.calibration_fraction * len(members)))
+        sizes = split_sizes(len(members), config)
+        n_val, n_cal = sizes["validation"], sizes["calibration"]
         parts["validation"].append(members[:n_val])
         parts["calibration"].append(members[n_val : n_val + n_cal])
         parts["train"].append(members[n_val + n_cal :])
@@ -237,13 +261,24 @@ def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file {path} does not exist")
+    rewrite = "re-run `probe-md train` to write it"
+    if path.stat().st_size == 0:
+        raise ValueError(f"head file {path} is empty: {rewrite}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"head file {path} is corrupt or not a PROBE head: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # torch raises EOFError, OSError, RuntimeError, ... for a bad file
+        raise ValueError(
+            f"head file {path} is truncated, corrupt or not a probe-md head ({_first_line(error)}): {rewrite}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != HEAD_FORMAT:
-        raise ValueError(f"head file {path} is not a PROBE head ({HEAD_FORMAT})")
+        raise ValueError(f"head file {path} is not a PROBE head ({HEAD_FORMAT}): {rewrite}")
     head = ProbeHead(HeadConfig(**payload["config"]))
     head.load_state_dict(payload["state_dict"])
     info_fields = {k: payload[k] for k in HeadInfo.__dataclass_fields__ if k in payload}
     return head.eval(), HeadInfo(**info_fields)
+
+
+def _first_line(error: BaseException) -> str:
+    """The exception's type and the first line of its message (some have none)."""
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__

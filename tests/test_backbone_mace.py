@@ -79,3 +79,10 @@ def test_invariant_columns_of_three_layer_model():
     # per layer 4x0e+4x1o+4x2e = 36 wide, last layer 4x0e
     assert width == 36 + 36 + 4
     assert columns == list(range(4)) + list(range(36, 40)) + list(range(72, 76))
+
+
+def test_empty_model_file_says_so(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"MACE model file .*empty.pt is empty: write it again"):
+        MaceBackbone.from_file(empty)

@@ -136,3 +136,31 @@ def test_collect_cli_writes_the_pool(tmp_path, tiny_mace_path, capsys):
     assert len(frames) == 2 and all(a.info[INFO_RUN] == str(run) for a in frames)
     assert "kept 2" in capsys.readouterr().out
     assert main(["collect", str(run), "-o", str(pool), "--max", "0", "--model", str(tiny_mace_path)]) == 2
+
+
+def test_non_finite_frames_are_dropped_and_named(tmp_path, backbone):
+    broken = cu_frame(1)
+    broken.positions[2, 0] = np.nan  # a diverged run
+    run = write_run(tmp_path / "run", [cu_frame(0), broken, cu_frame(2)], [10, 20, 30], [0.3, 0.2, 0.1])
+    hot = cu_frame(3)
+    with open(run / FLAGGED_FILE, "a") as handle:
+        handle.write(frame_extxyz_text(40, 0.1, -2.2, hot.get_chemical_symbols(), hot.positions, hot.cell.array,
+                                       hot.pbc, np.array([1.0, np.inf] + [1.0] * (len(hot) - 2))))
+    result = collect_flagged([run], backbone, progress=False)
+    assert sorted(a.info["step"] for a in result.frames) == [10, 30]
+    assert result.read == 4 and result.non_finite == 2 and "2 non-finite" in result.summary()
+    assert any("dropped frame 1 (step 20): non-finite positions" in w for w in result.warnings)
+    assert any("dropped frame 3 (step 40): non-finite importance" in w for w in result.warnings)
+
+
+def test_collect_output_is_checked_before_any_work(tmp_path, tiny_mace_path, capsys, monkeypatch):
+    def must_not_load(*_args, **_kwargs):
+        raise AssertionError("model loaded before the output path was checked")
+
+    monkeypatch.setattr(MaceBackbone, "from_file", must_not_load)
+    run = write_run(tmp_path / "run", [cu_frame(0)], [10], [0.3])
+    (tmp_path / "afile").write_text("x")  # a path under a regular file is unwritable even for root
+    pool = tmp_path / "afile" / "pool.extxyz"
+    assert main(["collect", str(run), "-o", str(pool), "--model", str(tiny_mace_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write pool file {pool}" in err

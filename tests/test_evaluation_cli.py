@@ -80,3 +80,32 @@ def test_cli_train_bad_threshold(tiny_mace_path, cu_extxyz, tmp_path, capsys):
     code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o",
                  str(tmp_path / "h.pt"), "--threshold", "-1", "--no-cache"])
     assert code == 2 and "threshold must be a positive" in capsys.readouterr().err
+
+
+def must_not_run(*_args, **_kwargs):
+    raise AssertionError("work started before the output path was checked")
+
+
+def test_train_output_is_checked_before_any_work(tiny_mace_path, cu_extxyz, tmp_path, capsys, monkeypatch):
+    import probe_md.pipeline
+
+    monkeypatch.setattr(probe_md.pipeline, "load_backbone", must_not_run)
+    (tmp_path / "afile").write_text("x")  # a path under a regular file is unwritable even for root
+    code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o",
+                 str(tmp_path / "afile" / "h.pt"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write head file" in err and "afile" in err
+
+
+@pytest.mark.parametrize("option", ["--json", "--plots"])
+def test_evaluate_outputs_are_checked_before_any_work(trained_head, tiny_mace_path, cu_extxyz, tmp_path, capsys,
+                                                      monkeypatch, option):
+    import probe_md.evaluation
+
+    monkeypatch.setattr(probe_md.evaluation, "load_head", must_not_run)
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "out"
+    code = main(["evaluate", "--model", str(tiny_mace_path), "--head", str(trained_head[0]),
+                 "--data", str(cu_extxyz), option, str(target), "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{target} (" in err

@@ -162,3 +162,20 @@ def test_cli_export(tmp_path, capsys):
     assert read_fused_metadata(out)["format"] == FUSED_FORMAT
     assert main(["export", "--model", str(tmp_path / "missing.pt"), "--head", str(head_path), "-o", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    from probe_md import export
+    from probe_md.cli.main import main
+
+    def must_not_load(*_):
+        raise AssertionError("inputs loaded before the output path was checked")
+
+    monkeypatch.setattr(export, "_load_inputs", must_not_load)
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "x.pt"  # under a regular file: unwritable even for root
+    with pytest.raises(ValueError, match=r"cannot write fused model file .*afile is a file, not a folder"):
+        export_fused_model(tmp_path / "m.pt", tmp_path / "h.pt", out)
+    assert main(["export", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err

@@ -152,3 +152,13 @@ def test_label_cli(tmp_path, capsys):
     assert len(ase.io.read(output, ":")) == 3
     assert main(argv[:-1] + ["--calc-kwargs", "{bad"]) == 2
     assert "--calc-kwargs is not valid JSON" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_refused_before_any_frame_is_labelled(tmp_path):
+    def must_not_label():
+        raise AssertionError("a calculator was made before the output path was checked")
+
+    (tmp_path / "afile").write_text("x")  # a path under a regular file is unwritable even for root
+    output = tmp_path / "afile" / "labelled.extxyz"
+    with pytest.raises(ValueError, match=r"cannot write labelled output file .*afile is a file, not a folder"):
+        label_frames(tiny_cells(2), must_not_label, output, progress=False)

@@ -64,7 +64,8 @@ def test_three_way_split_keeps_every_frame_once():
 
 def test_mace_arguments_fine_tune_the_foundation(tmp_path):
     config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[tmp_path / "n.extxyz"],
-                           out_dir=tmp_path, epochs=3, extra_mace_args=["--ema"])
+                           out_dir=tmp_path, epochs=3, extra_mace_args=["--ema"], energy_weight=1.0,
+                           stress_weight=0.0, new_frame_weight=1.0)
     arguments = mace_arguments(config, tmp_path / "train.extxyz", None)
     assert f"--foundation_model={(tmp_path / 'x.model').resolve()}" in arguments
     assert "--max_num_epochs=3" in arguments and "--E0s=foundation" in arguments
@@ -191,3 +192,45 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
     else:
         assert any("fused export skipped" in note for note in report["notes"])
     assert "new (held out)" in format_report(report)
+
+
+def test_unwritable_out_dir_is_refused_before_any_work(tmp_path, tiny_pickled_model, monkeypatch, capsys):
+    import probe_md.loop.retrain as retrain_module
+    from probe_md.cli.main import main
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("work started before the output folder was checked")
+
+    monkeypatch.setattr(retrain_module, "trainable_foundation", must_not_run)
+    monkeypatch.setattr(retrain_module, "run_mace_train", must_not_run)
+    new = write(tmp_path / "new.extxyz", rattled_cu(2, seed=1, size=1))
+    (tmp_path / "afile").write_text("x")  # a folder under a regular file is unwritable even for root
+    out = tmp_path / "afile" / "round1"
+    with pytest.raises(ValueError, match=r"cannot write retrain output folder .*afile is a file, not a folder"):
+        retrain(RetrainConfig(foundation_model=tiny_pickled_model, new_data=[new], out_dir=out))
+    assert main(["retrain", "--new-data", str(new), "-o", str(out), "--foundation-model", str(tiny_pickled_model)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_defaults_are_the_config_defaults_the_readme_reports_working(tmp_path):
+    import argparse
+    import dataclasses
+
+    from probe_md.cli import retrain_cmd
+
+    parser = argparse.ArgumentParser()
+    retrain_cmd.add_arguments(parser)
+    args = parser.parse_args(["--new-data", "n.extxyz", "-o", str(tmp_path)])
+    config_defaults = {f.name: f.default for f in dataclasses.fields(RetrainConfig)}
+    option_to_field = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "ema_decay": "ema_decay",
+                       "seed": "seed", "device": "device", "energy_weight": "energy_weight",
+                       "forces_weight": "forces_weight", "stress_weight": "stress_weight",
+                       "new_frame_weight": "new_frame_weight", "holdout_fraction": "holdout_fraction",
+                       "new_valid_fraction": "new_valid_fraction", "max_old": "max_old_frames",
+                       "threshold": "head_threshold", "head_max_epochs": "head_max_epochs"}
+    for option, name in option_to_field.items():
+        assert getattr(args, option) == config_defaults[name], option
+    # README "Closing the loop": 5 epochs, lr 3e-4 and energy weight 1 left the error 5x over the
+    # threshold; the round that worked used 40 epochs, lr 2e-3 and the default's stage-two weights.
+    assert (args.epochs, args.lr, args.energy_weight, args.stress_weight) == (40, 2e-3, 1000.0, 1000.0)
+    assert (args.new_frame_weight, args.new_valid_fraction) == (5.0, 0.15)

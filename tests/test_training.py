@@ -79,3 +79,25 @@ def test_bad_head_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a PROBE head"):
         load_head(other)
+
+
+def test_empty_or_truncated_head_file_says_so_in_one_line(fitted, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"head file .*empty.pt is empty: re-run `probe-md train`"):
+        load_head(empty)
+    whole = tmp_path / "head.pt"
+    save_head(fitted.head_, HeadInfo(criterion="force-rmse", threshold=0.1, backbone_fingerprint="abc"), whole)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"truncated.pt is truncated.*re-run `probe-md train`") as caught:
+        load_head(truncated)
+    assert "\n" not in str(caught.value)
+
+
+def test_too_few_structures_name_the_empty_split_and_the_count_needed():
+    features = [np.zeros((3, 2))] * 6
+    labels = np.array([True, True, True, True, False, False])  # 0.15 of 2 rounds to 0
+    with pytest.raises(ValueError, match=r"2 unreliable structures leave the validation and calibration "
+                                         r"split\(s\) without any: .* at least 4 structures"):
+        ProbeClassifier(verbose=False).fit(features, labels)

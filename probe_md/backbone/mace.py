@@ -181,6 +181,8 @@ class MaceBackbone:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"MACE model file {path} does not exist")
+        if path.stat().st_size == 0:
+            raise ValueError(f"MACE model file {path} is empty: write it again (`probe-md convert-mace`)")
         if is_torchscript_archive(path):
             extra = {METADATA_FILE: ""}
             try:
@@ -195,7 +197,10 @@ class MaceBackbone:
             metadata = MaceMetadata(**json.loads(extra[METADATA_FILE]))
             return cls(model, metadata, file_sha256(path), batch_size, device, str(path))
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"MACE model file {path} is neither TorchScript nor a torch file")
+            raise ValueError(
+                f"MACE model file {path} is neither TorchScript nor a torch file (truncated?): write it "
+                "again, or convert a mace-torch model with `probe-md convert-mace`"
+            )
         if not allow_pickle:
             raise ValueError(
                 f"MACE model file {path} is a pickle (mace_run_train output); convert it once with "

@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
 def _collect(args: argparse.Namespace) -> int:
     from probe_md.backbone.mace import MaceBackbone
     from probe_md.defaults import default_model_path
+    from probe_md.io_utils import check_output_path
     from probe_md.loop.collect import collect_flagged, write_extxyz_atomic
 
+    check_output_path(args.output, "pool file")
     backbone = MaceBackbone.from_file(args.model or default_model_path())
     result = collect_flagged(args.runs, backbone, args.max_frames, args.min_distance, not args.no_progress,
                              args.min_bond_fraction)

@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from probe_md.backbone.mace import MaceBackbone, save_mace_model
+    from probe_md.io_utils import check_output_path
 
+    check_output_path(args.output, "TorchScript file")
     source = MaceBackbone.from_file(args.model, allow_pickle=True)
     metadata = save_mace_model(source.model, args.output)
     print(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from probe_md.cli.common import add_cache_argument, add_reference_key_arguments, cache_dir, reference_keys
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json
+from probe_md.io_utils import check_output_path
 from probe_md.labels import CRITERIA
 
 
@@ -21,8 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="other ensemble members besides --model (default with the embedded model: its 3 members)",
     )
-    parser.add_argument("--criterion", choices=CRITERIA, default=None, help="default: the head's")
-    parser.add_argument("--threshold", type=float, default=None, help="default: the head's")
+    parser.add_argument("--criterion", choices=CRITERIA, default=None,
+                        help="error measure that defines 'reliable' (default: the head's)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="error threshold, eV/Å or eV/atom (default: the head's)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--plots", type=Path, default=None, help="write PNG plots into this folder")
     add_reference_key_arguments(parser)
@@ -32,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from probe_md import defaults
 
+    if args.json is not None:
+        check_output_path(args.json, "--json report")
     ensemble = args.ensemble
     if ensemble is None:
         ensemble = defaults.default_ensemble_paths()[1:] if args.model is None else []

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
 import warnings
+from importlib import metadata
+
+from probe_md.mpi import is_collective
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `probe-md --help` stays fast and one broken optional piece cannot break the others.
@@ -21,10 +26,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "label": ("probe_md.cli.label_cmd", "label a frame pool with a reference ASE calculator (resumable)"),
     "retrain": ("probe_md.cli.retrain_cmd", "fine-tune MACE on old + new data, refit the PROBE head, export"),
 }
+# Commands whose work loads MACE (the others need not pay for importing it).
+MACE_COMMANDS = frozenset({"train", "evaluate", "convert-mace", "export", "demo", "collect", "retrain"})
+# Printed (not warned or logged, so no filter reaches it) by mace.tools.cg on import.
+CUEQUIVARIANCE_NOTICE = "Cuequivariance acceleration will be disabled"
+
+
+def version_line() -> str:
+    try:
+        return f"probe-md {metadata.version('probe-md')}"
+    except metadata.PackageNotFoundError:
+        return "probe-md (version unknown: not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe-md", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the installed probe-md version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -38,8 +56,25 @@ def _quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
 
 
+def _import_mace_without_notice() -> None:
+    """Import mace's Clebsch-Gordan module once with its cuequivariance notice dropped from
+    stdout; anything else it prints still gets through."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            import mace.tools.cg  # noqa: F401
+    except ImportError:  # a broken mace install is reported by the command that needs it
+        pass
+    finally:
+        lines = captured.getvalue().splitlines(keepends=True)
+        sys.stdout.write("".join(line for line in lines if CUEQUIVARIANCE_NOTICE not in line))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(version_line())
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         parser = build_parser()
         if argv and argv[0] not in ("-h", "--help"):
@@ -52,12 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"probe-md {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
+    if name in MACE_COMMANDS:
+        _import_mace_without_notice()
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError, RuntimeError) as error:
         # Users get one line naming the problem; tracebacks are for bugs, not bad input.
-        print(f"probe-md {name}: error: {error}", file=sys.stderr)
+        # Under mpirun an error every rank raised alike is printed once, by rank 0.
+        if _rank() == 0 or not is_collective(error):
+            print(f"probe-md {name}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _rank() -> int:
+    """This process's MPI rank when mpi4py is already in use, else 0 (never imports MPI)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi.COMM_WORLD.Get_rank() if mpi is not None and mpi.Is_initialized() else 0
 
 
 if __name__ == "__main__":

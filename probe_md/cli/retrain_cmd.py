@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 
 from probe_md.cli.common import add_reference_key_arguments, reference_keys
+from probe_md.loop.retrain import RetrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,32 +39,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the MLIP's validation data (also sets the head threshold: 2 x its RMS error)")
     parser.add_argument("--head-data", type=Path, nargs="*", default=None,
                         help="PROBE head training pool; without it the head is not refitted")
-    parser.add_argument("--max-old", type=int, default=None, help="replay at most this many old frames")
-    parser.add_argument("--holdout-fraction", type=float, default=0.25,
-                        help="new frames held out of training to report an honest error (default 0.25)")
-    parser.add_argument("--new-valid-fraction", type=float, default=0.0,
+    parser.add_argument("--max-old", type=int, default=RetrainConfig.max_old_frames,
+                        help="replay at most this many old frames (default: all)")
+    parser.add_argument("--holdout-fraction", type=float, default=RetrainConfig.holdout_fraction,
+                        help="new frames held out of training to report an honest error (default %(default)s)")
+    parser.add_argument("--new-valid-fraction", type=float, default=RetrainConfig.new_valid_fraction,
                         help="share of the remaining new frames put in mace's validation set, so its "
-                             "best-epoch pick also weighs the new region (default 0)")
-    parser.add_argument("--epochs", type=int, default=5, help="mace_run_train --max_num_epochs (default 5)")
-    parser.add_argument("--batch-size", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default 3e-4)")
-    parser.add_argument("--ema-decay", type=float, default=0.99,
-                        help="EMA of the weights during fine-tuning, 0 = off (default 0.99)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--energy-weight", type=float, default=1.0,
-                        help="mace_run_train --energy_weight (default 1; match the foundation's last "
-                             "training stage: the embedded Cu default ended with 1000)")
-    parser.add_argument("--forces-weight", type=float, default=100.0,
-                        help="mace_run_train --forces_weight (default 100)")
-    parser.add_argument("--new-frame-weight", type=float, default=1.0,
-                        help="loss weight of each new frame relative to an old one (default 1)")
-    parser.add_argument("--stress-weight", type=float, default=0.0,
+                             "best-epoch pick also weighs the new region (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=RetrainConfig.epochs,
+                        help="mace_run_train --max_num_epochs (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=RetrainConfig.batch_size,
+                        help="mace_run_train --batch_size, structures per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=RetrainConfig.lr,
+                        help="fine-tuning learning rate (default %(default)s)")
+    parser.add_argument("--ema-decay", type=float, default=RetrainConfig.ema_decay,
+                        help="EMA of the weights during fine-tuning, 0 = off (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=RetrainConfig.seed,
+                        help="seed of the data splits and of mace_run_train (default %(default)s)")
+    parser.add_argument("--device", default=RetrainConfig.device,
+                        help="torch device for fine-tuning, e.g. cuda (default %(default)s)")
+    parser.add_argument("--energy-weight", type=float, default=RetrainConfig.energy_weight,
+                        help="mace_run_train --energy_weight (default %(default)s, the embedded Cu default's "
+                             "last training stage; match your foundation's)")
+    parser.add_argument("--forces-weight", type=float, default=RetrainConfig.forces_weight,
+                        help="mace_run_train --forces_weight (default %(default)s)")
+    parser.add_argument("--new-frame-weight", type=float, default=RetrainConfig.new_frame_weight,
+                        help="loss weight of each new frame relative to an old one (default %(default)s)")
+    parser.add_argument("--stress-weight", type=float, default=RetrainConfig.stress_weight,
                         help="also fit REF_stress with this weight (mace --loss=stress); 0 = energies and "
-                             "forces only (default 0; the embedded Cu default uses 1000)")
-    parser.add_argument("--threshold", type=float, default=None,
+                             "forces only (default %(default)s, as the embedded Cu default)")
+    parser.add_argument("--threshold", type=float, default=RetrainConfig.head_threshold,
                         help="head error threshold (eV/Å; default: --before-head's, else 2 x RMS error on --valid-data)")
-    parser.add_argument("--head-max-epochs", type=int, default=None)
+    parser.add_argument("--head-max-epochs", type=int, default=RetrainConfig.head_max_epochs,
+                        help="epoch limit of the PROBE head refit (default: probe-md train's --max-epochs)")
     parser.add_argument("--no-export", action="store_true", help="do not write the fused model")
     parser.add_argument("--mace-args", default="",
                         help="extra mace_run_train flags as one string, e.g. --mace-args='--ema --ema_decay=0.99'")

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="MACE model (default: embedded Cu)")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="labelled extxyz file(s)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="head file to write")
-    parser.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION)
+    parser.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION,
+                        help="error measure that defines 'reliable' (default %(default)s)")
     parser.add_argument("--threshold", type=float, default=None, help="error threshold (eV/Å or eV/atom)")
     parser.add_argument(
         "--in-domain",
@@ -24,8 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the MLIP's validation data: default threshold = 2 x its RMS error",
     )
-    parser.add_argument("--max-epochs", type=int, default=TrainingConfig.max_epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-epochs", type=int, default=TrainingConfig.max_epochs,
+                        help="epoch limit of the head fit; it stops earlier when the validation "
+                             "loss stops improving (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=TrainingConfig.seed,
+                        help="seed of the data split and the head's initial weights (default %(default)s)")
     add_reference_key_arguments(parser)
     add_cache_argument(parser)
 

@@ -81,8 +81,16 @@ def _find_tool(name: str) -> str:
         return str(candidate)
     found = shutil.which(name)
     if found is None:
-        raise PluginBuildError(f"`{name}` was not found: pip install cmake mpich (or install {name})")
+        raise PluginBuildError(f"`{name}` was not found: pip install cmake ninja mpich (or install {name})")
     return found
+
+
+def _ninja_generator() -> list[str]:
+    """Ninja from PyPI when it is there (no `make` needed); CMake's default otherwise."""
+    try:
+        return ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={_find_tool('ninja')}"]
+    except PluginBuildError:
+        return []
 
 
 def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Path:
@@ -99,6 +107,7 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
             f"-DCMAKE_CXX_COMPILER={_find_tool('mpicxx')}",
             f"-DPROBE_MD_LAMMPS_VERSION={lammps_version_string()}",
             "-DCMAKE_BUILD_TYPE=Release",
+            *_ninja_generator(),
         ]
         compile_ = [_find_tool("cmake"), "--build", build_dir, "--parallel", str(jobs)]
         for command in (configure, compile_):

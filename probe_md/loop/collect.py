@@ -25,7 +25,7 @@ import numpy as np
 from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.features import predict_dataset
 from probe_md.io_utils import atomic_write_text
-from probe_md.lammps.monitor import FLAGGED_FILE, INFO_LOGIT, INFO_RELIABILITY
+from probe_md.lammps.monitor import ARRAY_IMPORTANCE, FLAGGED_FILE, INFO_LOGIT, INFO_RELIABILITY, INFO_STEP
 
 # provenance written into every collected frame's info (step/reliability/logit come from the run)
 INFO_RUN: Final[str] = "run"  # str, the run folder (or file) the frame was read from
@@ -47,6 +47,7 @@ class CollectResult:
 
     frames: list[ase.Atoms]  # selected, in selection order, provenance in info
     read: int  # frames read from all runs
+    non_finite: int  # dropped: NaN/inf positions, cell or importances (named in warnings)
     exact_duplicates: int  # dropped by hash
     unphysical: int  # dropped: atoms closer than min_bond_fraction x covalent-radii sum
     near_duplicates: int  # dropped by min_distance
@@ -57,8 +58,8 @@ class CollectResult:
     def summary(self) -> str:
         return (
             f"read {self.read} flagged frames from {len(self.frames_per_run)} run(s); dropped "
-            f"{self.unphysical} with collapsed atoms, {self.exact_duplicates} exact and "
-            f"{self.near_duplicates} near duplicates; "
+            f"{self.non_finite} non-finite, {self.unphysical} with collapsed atoms, "
+            f"{self.exact_duplicates} exact and {self.near_duplicates} near duplicates; "
             f"{self.not_selected} distinct frames not selected (--max); kept {len(self.frames)}"
         )
 
@@ -91,6 +92,29 @@ def read_flagged_frames(run: str | os.PathLike) -> tuple[list[ase.Atoms], str | 
     for atoms in frames:
         atoms.info.setdefault(INFO_RUN, str(run))
     return frames, warning
+
+
+def non_finite_fields(atoms: ase.Atoms) -> list[str]:
+    """Which of positions, cell and per-atom importances hold NaN or inf (a diverged run)."""
+    fields = {"positions": atoms.positions, "cell": atoms.cell.array}
+    if ARRAY_IMPORTANCE in atoms.arrays:
+        fields[ARRAY_IMPORTANCE] = atoms.arrays[ARRAY_IMPORTANCE]
+    return [name for name, values in fields.items() if not np.all(np.isfinite(values))]
+
+
+def _finite_frames(run: str | os.PathLike, frames: list[ase.Atoms], warnings: list[str]) -> list[ase.Atoms]:
+    """`frames` without the non-finite ones, each dropped frame named in `warnings`."""
+    kept = []
+    for index, atoms in enumerate(frames):
+        bad = non_finite_fields(atoms)
+        if bad:
+            warnings.append(
+                f"{flagged_path(run)}: dropped frame {index} (step {atoms.info.get(INFO_STEP, '?')}): "
+                f"non-finite {', '.join(bad)}"
+            )
+        else:
+            kept.append(atoms)
+    return kept
 
 
 def structure_key(atoms: ase.Atoms, decimals: int = POSITION_DECIMALS) -> str:
@@ -176,14 +200,17 @@ def collect_flagged(
     frames: list[ase.Atoms] = []
     per_run: dict[str, int] = {}
     warnings: list[str] = []
+    read = 0
     for run in runs:
         run_frames, warning = read_flagged_frames(run)
         per_run[str(run)] = len(run_frames)
-        frames.extend(run_frames)
+        read += len(run_frames)
         if warning:
             warnings.append(warning)
+        frames.extend(_finite_frames(run, run_frames, warnings))
     if not frames:
-        raise ValueError(f"no flagged frames in {', '.join(map(str, runs))}: nothing to collect")
+        what = "finite flagged frames" if read else "flagged frames"
+        raise ValueError(f"no {what} in {', '.join(map(str, runs))}: nothing to collect")
 
     physical = [a for a in frames if closest_pair_fraction(a) >= min_bond_fraction]
     if not physical:
@@ -218,7 +245,8 @@ def collect_flagged(
         chosen.append(atoms)
     return CollectResult(
         frames=chosen,
-        read=len(frames),
+        read=read,
+        non_finite=read - len(frames),
         unphysical=len(frames) - len(physical),
         exact_duplicates=len(physical) - len(unique),
         near_duplicates=len(unique) - len(distinct),

@@ -24,6 +24,7 @@ import ase.io
 import numpy as np
 from tqdm.auto import tqdm
 
+from probe_md.io_utils import check_output_path
 from probe_md.loop.collect import INFO_RUN, structure_key, write_extxyz_atomic
 from probe_md.structures import ReferenceKeys
 
@@ -213,7 +214,7 @@ def label_frames(
     frames labelled so far are safely on disk; rerunning resumes.
     """
     files = LabelFiles(Path(output))
-    files.output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(files.output, "labelled output file")
     frame_keys = [structure_key(atoms) for atoms in frames]
 
     done_frames, good_bytes = read_partial(files.partial)

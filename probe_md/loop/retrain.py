@@ -35,6 +35,7 @@ from typing import Final, Sequence
 import ase
 import numpy as np
 
+from probe_md.io_utils import check_output_path
 from probe_md.loop.collect import write_extxyz_atomic
 from probe_md.loop.label import STRESS_KEY
 from probe_md.structures import ReferenceKeys, read_structures
@@ -57,21 +58,23 @@ class RetrainConfig:
     head_data: Sequence[Path] = ()  # PROBE head training pool; the new frames are added to it
     before_model: Path | None = None  # TorchScript of the model in use (default: the foundation)
     max_old_frames: int | None = None  # random subset of old_data, for speed
+    # Defaults: the round the README reports working on the embedded Cu default ("Closing the
+    # loop"); 5 epochs, lr 3e-4 and energy weight 1 left the new-frame error 5x over threshold.
     holdout_fraction: float = 0.25  # new frames kept out of training to report an honest error
-    new_valid_fraction: float = 0.0  # new frames added to mace's validation set (its best-epoch pick)
-    epochs: int = 5
+    new_valid_fraction: float = 0.15  # new frames added to mace's validation set (its best-epoch pick)
+    epochs: int = 40
     batch_size: int = 5
-    lr: float = 3e-4  # fine-tuning: small steps from a converged model
-    energy_weight: float = 1.0  # mace_run_train's loss weights; match the foundation's last stage,
-    forces_weight: float = 100.0  # or the fine-tune trades its energies for forces
-    new_frame_weight: float = 1.0  # loss weight of the new frames relative to replayed old ones
+    lr: float = 2e-3
+    energy_weight: float = 1000.0  # mace_run_train's loss weights: the embedded default's last stage;
+    forces_weight: float = 100.0  # other weights make the fine-tune trade its energies for forces
+    new_frame_weight: float = 5.0  # loss weight of the new frames relative to replayed old ones
     ema_decay: float | None = 0.99  # exponential moving average of the weights (None: off)
     seed: int = 0
     device: str = "cpu"
     before_head: Path | None = None  # the head in use: its criterion and threshold are kept
     head_threshold: float | None = None  # None: the before head's, else 2 x RMS error on valid_data
     head_max_epochs: int | None = None
-    stress_weight: float = 0.0  # > 0: also fit REF_stress (mace --loss=stress), as the Cu default was
+    stress_weight: float = 1000.0  # > 0: also fit REF_stress (mace --loss=stress), as the Cu default was
     export: bool = True
     extra_mace_args: Sequence[str] = ()  # passed to mace_run_train verbatim (they win)
     keys: ReferenceKeys = field(default_factory=ReferenceKeys)
@@ -308,7 +311,7 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
     from probe_md.backbone.mace import MaceBackbone, save_mace_model
 
     started = time.time()
-    out_dir = Path(config.out_dir)
+    out_dir = check_output_path(config.out_dir, "retrain output folder", is_folder=True)
     foundation = Path(config.foundation_model)
     if not foundation.is_file():
         raise FileNotFoundError(f"foundation model {foundation} does not exist")
