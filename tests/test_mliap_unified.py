@@ -365,3 +365,10 @@ def test_a_rank_without_atoms_makes_the_same_exchanges(fused, tmp_path):
     unified.compute_forces(idle)  # step 1: not scored (one rank without atoms cannot pool)
     assert idle.exchanges == busy.exchanges and len(idle.exchanges) > 0
     assert idle.energy == 0.0
+
+
+def test_a_folder_holding_an_earlier_run_is_refused_on_construction(fused, tmp_path):
+    fused_path = fused[2]
+    (tmp_path / "reliability.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(FileExistsError, match="holds an earlier run"):
+        ProbeMliapUnified(fused_path, out_dir=tmp_path, comm=None)

@@ -144,3 +144,40 @@ def test_output_dir_under_a_file_is_one_line_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(PermissionError, match=r"output directory .*not_a_dir/out is not writable"):
         ReliabilityMonitor(MonitorConfig(), blocker / "out")
+
+
+def test_summary_shows_small_reliabilities_with_significant_digits(tmp_path):
+    from probe_md.lammps.monitor import format_summary
+
+    monitor = ReliabilityMonitor(MonitorConfig(actions="none"), tmp_path)
+    feed(monitor, [0.9, 0.0000123, 0.4])
+    text = format_summary(monitor.finish(print_summary=False))
+    assert "min reliability 1.23e-05" in text
+
+
+def test_adaptive_interval_follows_the_warn_level(tmp_path, capsys):
+    config = MonitorConfig(every=10, every_when_low=2, warn=0.8, actions="none")
+    assert [config.interval_after(p) for p in (0.9, 0.79, float("nan"))] == [10, 2, 2]
+    monitor = ReliabilityMonitor(config, tmp_path)
+    decisions = feed(monitor, [0.9, 0.7, 0.75, 0.95])
+    assert [d.next_every for d in decisions] == [10, 2, 2, 10]
+    out = capsys.readouterr().out
+    assert "below 0.8: checking every 2 step(s)" in out and "recovered: checking every 10 step(s)" in out
+    with pytest.raises(ValueError, match="divisor of every"):
+        MonitorConfig(every=10, every_when_low=3)
+    with pytest.raises(ValueError, match=r"warn must be a probability in \[threshold, 1\)"):
+        MonitorConfig(threshold=0.5, warn=0.4)
+
+
+def test_restore_continues_patience_and_counts(tmp_path):
+    records = [{"step": 0, "probability": 0.9, "logit": 2.2, "flagged": False, "consecutive_flagged": 0,
+                "dump": False, "halt": False},
+               {"step": 10, "probability": 0.1, "logit": -2.2, "flagged": True, "consecutive_flagged": 1,
+                "dump": True, "halt": False}]
+    monitor = ReliabilityMonitor(MonitorConfig(patience=2), tmp_path)
+    monitor.restore(records, frames_written=1)
+    decision = monitor.check(20, 0.2, -1.4)
+    assert decision.consecutive_flagged == 2 and decision.halt
+    summary = monitor.summary()
+    assert summary["checks"] == 3 and summary["frames_written"] == 1 and summary["first_step"] == 0
+    assert [json.loads(line)["step"] for line in (tmp_path / LOG_FILE).read_text().splitlines()] == [20]

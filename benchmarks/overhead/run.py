@@ -7,6 +7,9 @@ Needs the probe-md plugin (built on first use). Every case runs the same fcc Cu 
 300 K (NVE) in its own LAMMPS instance after `--warmup` untimed steps (TorchScript optimises
 on its first calls); the timed runs are interleaved over `--rounds` rounds and the median
 round counts, so load from elsewhere on the machine hits every case alike.
+The monitored case is `every10` through probe-md's driver: its Python hook on every step
+(stop agreement, Ctrl-C), `fix halt` every step, the monitor's log and last_trusted.restart
+candidates written every 10 steps (threshold 0.01: no halts).
 The committee is `pair_style hybrid/scaled` over 4 `probe/mace` instances, each weighted
 1/4: the forces are the committee mean and every step costs 4 plain MACE passes, which is
 what an ensemble-based uncertainty costs when it runs every step. Writes
@@ -68,6 +71,23 @@ def start_case(lammps, plugin: Path, model: Path, case: str, repeat: int, warmup
     return lmp
 
 
+def start_monitored_case(model: Path, repeat: int, warmup: int, folder: Path):
+    """`every10` as `probe-md run` drives it; returns (lmp, the run object kept alive)."""
+    from probe_md.lammps.driver import MonitoredRun, ProbeComputeSource, RunOptions
+    from probe_md.lammps.monitor import MonitorConfig
+    from probe_md.lammps.run_folder import RunFolder
+
+    config = MonitorConfig(every=10, threshold=0.01, actions=("dump",))
+    run = MonitoredRun(config, RunFolder(folder), ProbeComputeSource(), RunOptions(), screen=False)
+    for command in system_commands(repeat) + case_commands("off", model):
+        run.command(command)
+    for command in ("timestep 0.002", "velocity all create 300 4928459 mom yes rot yes", "fix nve all nve"):
+        run.command(command)
+    run.install()
+    run.command(f"run {warmup}")
+    return run.lmp, run
+
+
 def timed_run(lmp, steps: int) -> float:
     """Seconds for `steps` more steps (`pre no post no`: no re-setup between rounds)."""
     start = time.perf_counter()
@@ -90,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         "multiple of 100 gives every100 its fair share of scored steps)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--cases", default=f"off,every1,every10,every100,committee{K_COMMITTEE}")
+    parser.add_argument("--cases", default=f"off,every1,every10,monitored10,every100,committee{K_COMMITTEE}")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -102,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.cases.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or default_model(Path(scratch))
-        instances = {case: start_case(lammps, plugin, model, case, args.repeat, args.warmup) for case in cases}
+        keep_alive = []  # the monitored case's driver object owns its hook
+        instances = {}
+        for case in cases:
+            if case == "monitored10":
+                instances[case], run = start_monitored_case(model, args.repeat, args.warmup, Path(scratch) / "run")
+                keep_alive.append(run)
+            else:
+                instances[case] = start_case(lammps, plugin, model, case, args.repeat, args.warmup)
         seconds: dict[str, list[float]] = {case: [] for case in cases}
         try:
             # rounds interleave the cases, so a burst of load from elsewhere on the machine

