@@ -29,9 +29,9 @@ from ase.geometry import cellpar_to_cell  # noqa: E402
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model  # noqa: E402
 from probe_md.backbone.mace_factory import build_mace_model  # noqa: E402
-from probe_md.export import export_fused_model  # noqa: E402
+from probe_md.lammps.export import export_fused_model  # noqa: E402
 from probe_md.head import HeadConfig, ProbeHead, atom_importance  # noqa: E402
-from probe_md.lammps_runtime import import_lammps  # noqa: E402
+from probe_md.lammps.runtime import import_lammps  # noqa: E402
 from probe_md.training import HeadInfo, load_head, save_head  # noqa: E402
 
 BAR_PER_EV_PER_A3 = 1.602176634e6  # LAMMPS metal units: pressure in bar
@@ -42,7 +42,7 @@ RUNNER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
     cfg = json.load(open(sys.argv[1]))
     lammps = import_lammps()
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
@@ -319,7 +319,7 @@ def test_exchange_nvt_run_with_migration(plugin, model_files):
 def test_exchange_keyword_errors(plugin, model_files, tmp_path):
     """A fused file without stages (a MACE the staged path does not know, or one exported
     before it existed) is refused with `exchange yes`, and runs with `exchange no`."""
-    from probe_md.export import build_fused_module, fused_metadata
+    from probe_md.lammps.export import build_fused_module, fused_metadata
     from probe_md.training import load_head
 
     backbone = MaceBackbone.from_file(model_files["mace"])

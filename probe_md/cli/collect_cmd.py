@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probe_md.loop import run_on_rank_zero
+    from probe_md.mpi import run_on_rank_zero
 
     return run_on_rank_zero(lambda: _collect(args))
 

