@@ -15,7 +15,7 @@ from probe_md.backbone import load_backbone
 from probe_md.baselines import FeatureDensity, ensemble_disagreement
 from probe_md.features import predict_dataset
 from probe_md.io_utils import atomic_write_text, check_output_path
-from probe_md.labels import class_balance, label_reliable, structure_errors
+from probe_md.reliability_labels import class_balance, label_reliable, structure_errors
 from probe_md.structures import ReferenceKeys, read_structures
 from probe_md.training import ProbeClassifier, load_head
 

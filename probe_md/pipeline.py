@@ -12,7 +12,7 @@ from probe_md.backbone import load_backbone
 from probe_md.baselines import FeatureDensity
 from probe_md.features import predict_dataset
 from probe_md.io_utils import check_output_path
-from probe_md.labels import (
+from probe_md.reliability_labels import (
     DEFAULT_CRITERION,
     DEFAULT_THRESHOLD_MULTIPLE,
     class_balance,

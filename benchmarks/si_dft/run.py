@@ -29,9 +29,9 @@ import data  # noqa: E402
 import mlips  # noqa: E402
 from probe_md.backbone import load_backbone  # noqa: E402
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json  # noqa: E402
-from probe_md.labels import DEFAULT_THRESHOLD_MULTIPLE  # noqa: E402
 from probe_md.features import predict_dataset  # noqa: E402
 from probe_md.pipeline import TrainRequest, train_probe  # noqa: E402
+from probe_md.reliability_labels import DEFAULT_THRESHOLD_MULTIPLE  # noqa: E402
 from probe_md.structures import read_structures  # noqa: E402
 from probe_md.training import ProbeClassifier, load_head  # noqa: E402
 

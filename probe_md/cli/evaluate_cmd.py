@@ -8,7 +8,7 @@ from pathlib import Path
 from probe_md.cli.common import add_cache_argument, add_reference_key_arguments, cache_dir, reference_keys
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json
 from probe_md.io_utils import check_output_path
-from probe_md.labels import CRITERIA
+from probe_md.reliability_labels import CRITERIA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

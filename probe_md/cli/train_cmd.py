@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from probe_md.cli.common import add_cache_argument, add_reference_key_arguments, cache_dir, reference_keys
-from probe_md.labels import CRITERIA, DEFAULT_CRITERION
 from probe_md.pipeline import TrainRequest, train_probe
+from probe_md.reliability_labels import CRITERIA, DEFAULT_CRITERION
 from probe_md.training import TrainingConfig
 
 

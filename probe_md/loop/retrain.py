@@ -290,7 +290,7 @@ def foundation_mismatch_ev_per_a(before, foundation, structures: Sequence[ase.At
 def kept_criterion(config: RetrainConfig) -> tuple[str, float | None]:
     """The refitted head's (criterion, threshold): explicit, else the head in use's, so that
     "reliable" means the same before and after; None lets train_probe apply its 2 x RMS rule."""
-    from probe_md.labels import DEFAULT_CRITERION
+    from probe_md.reliability_labels import DEFAULT_CRITERION
     from probe_md.training import load_head
 
     if config.before_head is None:
