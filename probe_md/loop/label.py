@@ -30,7 +30,6 @@ from probe_md.structures import ReferenceKeys
 
 INFO_FRAME_KEY: Final[str] = "frame_key"  # str, sha256 of species/positions/cell/pbc
 INFO_LABEL_CALCULATOR: Final[str] = "label_calculator"  # str, the --calculator spec
-STRESS_KEY: Final[str] = "REF_stress"  # info, Voigt-6 eV/Å³ (ASE sign), periodic cells only
 
 CalculatorFactory = Callable[[], object]
 
@@ -175,7 +174,7 @@ def label_one(atoms: ase.Atoms, calculator, keys: ReferenceKeys = ReferenceKeys(
     labelled.info[keys.energy] = energy
     labelled.arrays[keys.forces] = forces
     if stress is not None and np.all(np.isfinite(stress)):
-        labelled.info[STRESS_KEY] = stress
+        labelled.info[keys.stress] = stress
     return labelled
 
 

@@ -37,7 +37,6 @@ import numpy as np
 
 from probe_md.io_utils import check_output_path
 from probe_md.loop.collect import write_extxyz_atomic
-from probe_md.loop.label import STRESS_KEY
 from probe_md.structures import ReferenceKeys, read_structures
 
 REPORT_FILE: Final[str] = "retrain_report.json"
@@ -74,7 +73,7 @@ class RetrainConfig:
     before_head: Path | None = None  # the head in use: its criterion and threshold are kept
     head_threshold: float | None = None  # None: the before head's, else 2 x RMS error on valid_data
     head_max_epochs: int | None = None
-    stress_weight: float = 1000.0  # > 0: also fit REF_stress (mace --loss=stress), as the Cu default was
+    stress_weight: float = 1000.0  # > 0: also fit keys.stress (mace --loss=stress), as the Cu default was
     export: bool = True
     extra_mace_args: Sequence[str] = ()  # passed to mace_run_train verbatim (they win)
     keys: ReferenceKeys = field(default_factory=ReferenceKeys)
@@ -193,8 +192,8 @@ def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str, force_ori
     clean = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     clean.info[keys.energy] = float(atoms.info[keys.energy])
     clean.arrays[keys.forces] = np.asarray(atoms.arrays[keys.forces], dtype=float)
-    if STRESS_KEY in atoms.info:
-        clean.info[STRESS_KEY] = np.asarray(atoms.info[STRESS_KEY], dtype=float)
+    if keys.stress in atoms.info:
+        clean.info[keys.stress] = np.asarray(atoms.info[keys.stress], dtype=float)
     clean.info["config_type"] = origin if force_origin else str(atoms.info.get("config_type", origin))
     return clean
 
@@ -247,7 +246,7 @@ def mace_arguments(
     if config.ema_decay is not None:  # EMA keeps a few fine-tuning epochs from forgetting
         arguments += ["--ema", f"--ema_decay={config.ema_decay}"]
     if config.stress_weight > 0:  # frames without REF_stress (open cells) get no stress loss
-        arguments += ["--loss=stress", f"--stress_key={STRESS_KEY}", f"--stress_weight={config.stress_weight}"]
+        arguments += ["--loss=stress", f"--stress_key={config.keys.stress}", f"--stress_weight={config.stress_weight}"]
     else:
         arguments.append("--stress_key=PROBE_MD_NO_STRESS")  # energies and forces only
     if valid_file is not None:
