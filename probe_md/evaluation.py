@@ -56,7 +56,7 @@ def evaluate(request: EvaluateRequest) -> dict:
     errors = structure_errors(predictions, structures, criterion, request.keys)
     is_reliable = label_reliable(errors, threshold)
     features = [p.features for p in predictions]
-    p_reliable = ProbeClassifier.from_head(head).predict_proba(features)
+    p_reliable = ProbeClassifier.from_head(head).predict_proba(features)[:, 1]
 
     scores: dict[str, np.ndarray] = {"PROBE (1 - p)": 1.0 - p_reliable}
     if request.ensemble_paths:

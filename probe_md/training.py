@@ -14,14 +14,13 @@ import torch
 from scipy.special import expit
 
 from probe_md.calibration import fit_temperature_and_bias
+from probe_md.estimator import check_is_fitted
 from probe_md.head import HeadConfig, ProbeHead
 from probe_md.io_utils import atomic_output
 
 HEAD_FORMAT = "probe_md.head/1"
-
-
-class NotFittedError(RuntimeError):
-    """Raised when a classifier is used before `fit`."""
+# The classes of `fit`'s is_reliable labels, in predict_proba's column order (as scikit-learn's).
+CLASSES = np.array([False, True])
 
 
 @dataclass
@@ -175,6 +174,7 @@ class ProbeClassifier:
         head.temperature.fill_(temperature)
         head.logit_bias.fill_(bias)
         self.head_ = head
+        self.classes_ = CLASSES
         self.split_ = split
         self.training_summary_ = {
             "epochs_run": len(history),
@@ -199,27 +199,29 @@ class ProbeClassifier:
     def from_head(cls, head: ProbeHead) -> "ProbeClassifier":
         classifier = cls(verbose=False)
         classifier.head_ = head.eval()
+        classifier.classes_ = CLASSES
         return classifier
 
     # --- prediction ------------------------------------------------------------------
-    def _check_fitted(self) -> ProbeHead:
-        if not hasattr(self, "head_"):
-            raise NotFittedError("this ProbeClassifier is not fitted yet: call fit() first")
-        return self.head_
-
     def predict_logit(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated logit per structure: positive means "reliable"."""
         return self._run(features)[0]
 
     def predict_proba(self, features: Sequence[np.ndarray]) -> np.ndarray:
-        """Calibrated probability that each structure's MLIP prediction is reliable."""
-        return expit(self.predict_logit(features))
+        """[n, 2] calibrated probabilities in `classes_` order: P(unreliable), P(reliable).
+
+        Column 1 is the probability that the structure's MLIP prediction is reliable.
+        """
+        logit = self.predict_logit(features)
+        return np.column_stack([expit(-logit), expit(logit)])
 
     def attention(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per structure: attention weights [n_atoms, heads] (each head sums to 1)."""
         return self._run(features)[1]
 
     def _run(self, features: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        head = self._check_fitted()
+        check_is_fitted(self, "head_")
+        head = self.head_
         dtype = head.feature_mean.dtype
         packed = pack(features, dtype=dtype)
         with torch.no_grad():

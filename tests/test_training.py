@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from probe_md.estimator import NotFittedError
 from probe_md.metrics import auroc
 from probe_md.training import (
     HeadInfo,
-    NotFittedError,
     ProbeClassifier,
     TrainingConfig,
     load_head,
@@ -37,8 +37,10 @@ def fitted():
 
 def test_separable_case_reaches_high_auroc(fitted):
     features, labels = separable_set(200, seed=1)
-    p = fitted.predict_proba(features)
-    assert auroc(1 - p, ~labels) > 0.95
+    proba = fitted.predict_proba(features)
+    assert proba.shape == (200, 2) and fitted.classes_.tolist() == [False, True]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert auroc(proba[:, 0], ~labels) > 0.95  # column 0: P(unreliable)
 
 
 def test_attention_finds_the_anomalous_atoms(fitted):

@@ -94,7 +94,7 @@ def probe_flagged_fraction(backbone, head_path: Path, data_path: Path, cache_dir
     head, _ = load_head(head_path)
     structures = read_structures(data_path)
     features = [p.features for p in predict_dataset(backbone, structures, cache_dir, progress=False)]
-    return float((ProbeClassifier.from_head(head).predict_proba(features) < 0.5).mean())
+    return float((ProbeClassifier.from_head(head).predict_proba(features)[:, 1] < 0.5).mean())
 
 
 def run_backbone(name: str, paths: dict, args) -> dict:
