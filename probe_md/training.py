@@ -251,7 +251,6 @@ def save_head(head: ProbeHead, info: HeadInfo, path: str | os.PathLike) -> None:
         "format": HEAD_FORMAT,
         "config": head.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "temperature": float(head.temperature),
         **asdict(info),
     }
     with atomic_output(path) as temporary:
@@ -259,7 +258,11 @@ def save_head(head: ProbeHead, info: HeadInfo, path: str | os.PathLike) -> None:
 
 
 def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:
-    """Load a head file with `weights_only=True` (no arbitrary unpickling)."""
+    """Load a head file with `weights_only=True` (no arbitrary unpickling).
+
+    Other keys are ignored: older files also hold a copy of the calibration temperature,
+    which the weights (the `temperature` buffer) already carry.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file {path} does not exist")

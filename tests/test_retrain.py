@@ -8,9 +8,9 @@ import ase.io
 import pytest
 import torch
 
-from probe_md.backbone.mace import MaceBackbone
+from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.backbone.mace import save_mace_model
+from probe_md.export import read_fused_metadata
 from probe_md.loop.retrain import (
     RetrainConfig,
     format_report,
@@ -184,13 +184,11 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
     assert (out / "retrained.model").is_file()  # the next round's foundation model
     assert (out / "model.pt.mace_config.json").is_file()  # ... or this TorchScript + config
     assert (out / "foundation.model").is_file() == (foundation_format == "torchscript")
-    assert report["notes"] == [] or all("fused export skipped" in n for n in report["notes"])
+    assert report["notes"] == []
     assert (out / "head.pt").is_file()
     assert json.loads((out / "retrain_report.json").read_text())["frames"]["new_train"] == 3
-    if "fused" in report["files"]:
-        assert (out / "fused.pt").is_file()
-    else:
-        assert any("fused export skipped" in note for note in report["notes"])
+    assert report["files"]["fused"] == str(out / "fused.pt")  # head refitted + export on: always fused
+    assert read_fused_metadata(out / "fused.pt")["threshold"] == pytest.approx(0.3)
     assert "new (held out)" in format_report(report)
 
 

@@ -63,6 +63,17 @@ def test_save_load_round_trip_weights_only(fitted, tmp_path):
     assert loaded_info.threshold == 0.1 and loaded_info.backbone_fingerprint == "abc"
 
 
+def test_head_files_with_the_old_temperature_copy_still_load(fitted, tmp_path):
+    path = tmp_path / "old_head.pt"
+    save_head(fitted.head_, HeadInfo(criterion="force-rmse", threshold=0.1, backbone_fingerprint="abc"), path)
+    payload = torch.load(path, weights_only=True)
+    assert "temperature" not in payload  # the weights hold it (the `temperature` buffer)
+    payload["temperature"] = 99.0  # what earlier versions wrote next to the weights
+    torch.save(payload, path)
+    head, _ = load_head(path)
+    assert float(head.temperature) == pytest.approx(float(fitted.head_.temperature))
+
+
 def test_unfitted_and_one_class_errors():
     with pytest.raises(NotFittedError, match="not fitted"):
         ProbeClassifier().predict_proba([np.zeros((3, 2))])

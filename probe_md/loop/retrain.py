@@ -446,14 +446,11 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         notes.append("no --head-data: the PROBE head was not refitted (the old head does not fit the new backbone)")
 
     if config.export and "head" in files:
-        try:
-            from probe_md.export import export_fused_model
-        except ImportError as error:
-            notes.append(f"fused export skipped: probe_md.export is not available ({error})")
-        else:
-            fused_path = out_dir / "fused.pt"
-            export_fused_model(model_pt, head_path, fused_path)
-            files["fused"] = str(fused_path)
+        from probe_md.export import export_fused_model
+
+        fused_path = out_dir / "fused.pt"
+        export_fused_model(model_pt, head_path, fused_path)
+        files["fused"] = str(fused_path)
 
     report = {
         "foundation_model": str(foundation),
