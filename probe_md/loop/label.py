@@ -24,7 +24,7 @@ import ase.io
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe_md.io_utils import check_output_path
+from probe_md.io_utils import append_and_fsync, check_output_path
 from probe_md.loop.collect import INFO_RUN, structure_key, write_extxyz_atomic
 from probe_md.structures import ReferenceKeys
 
@@ -110,19 +110,6 @@ def frame_text(atoms: ase.Atoms) -> str:
     buffer = io.StringIO()
     ase.io.write(buffer, atoms, format="extxyz")
     return buffer.getvalue()
-
-
-def append_frame(path: Path, atoms: ase.Atoms) -> None:
-    """Append one complete frame with a single write on an O_APPEND descriptor, then fsync."""
-    data = frame_text(atoms).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_partial(path: Path) -> tuple[list[ase.Atoms], int]:
@@ -259,7 +246,7 @@ def label_frames(
                 labelled.info[INFO_FRAME_KEY] = key
                 if calculator_name:
                     labelled.info[INFO_LABEL_CALCULATOR] = calculator_name
-                append_frame(files.partial, labelled)
+                append_and_fsync(files.partial, frame_text(labelled).encode("utf-8"))
                 done[key] = labelled
                 result.labelled_now += 1
                 bar.update(1)

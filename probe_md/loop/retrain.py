@@ -23,7 +23,6 @@ interruption resumes from its last checkpoint, so give every round its own `out_
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Final, Sequence
 import ase
 import numpy as np
 
-from probe_md.io_utils import check_output_path
+from probe_md.io_utils import atomic_output, atomic_write_bytes, check_output_path
 from probe_md.loop.collect import write_extxyz_atomic
 from probe_md.structures import ReferenceKeys, read_structures
 
@@ -97,7 +96,6 @@ def trainable_foundation(foundation: Path, out_dir: Path) -> Path:
     import torch
 
     from probe_md.backbone.mace_rebuild import python_model_from_torchscript
-    from probe_md.io_utils import atomic_output
 
     pickled = out_dir / FOUNDATION_PICKLE
     with atomic_output(pickled) as temporary:
@@ -399,9 +397,8 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         out_dir / "mace_train.log",
     )
     retrained_pickle = out_dir / RETRAINED_PICKLE
-    partial_copy = retrained_pickle.with_name(f".{retrained_pickle.name}.tmp")
-    shutil.copyfile(trained_pickle, partial_copy)
-    os.replace(partial_copy, retrained_pickle)  # never half a model under the final name
+    with atomic_output(retrained_pickle) as temporary:  # never half a model under the final name
+        shutil.copyfile(trained_pickle, temporary)
     model_pt = out_dir / "model.pt"
     save_mace_model(_load_pickled(retrained_pickle), model_pt)
     after = MaceBackbone.from_file(model_pt)
@@ -471,8 +468,6 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         "wall_seconds": round(time.time() - started, 1),
     }
     report_path = out_dir / REPORT_FILE
-    from probe_md.io_utils import atomic_write_bytes
-
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     report["files"]["report"] = str(report_path)
     return report
