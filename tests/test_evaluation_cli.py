@@ -109,3 +109,13 @@ def test_evaluate_outputs_are_checked_before_any_work(trained_head, tiny_mace_pa
                  "--data", str(cu_extxyz), option, str(target), "--no-cache"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"{target} (" in err
+
+
+def test_cli_train_prints_the_library_progress(tiny_mace_path, cu_extxyz, tmp_path, capsys):
+    """probe_md modules log; the CLI shows those lines on stdout, as it printed them before."""
+    code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o", str(tmp_path / "h.pt"),
+                 "--max-epochs", "3", "--no-cache"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("criterion force-rmse, threshold ") and "reliable / " in out
+    assert "\nhead trained: " in out and f"wrote {tmp_path / 'h.pt'}: threshold" in out

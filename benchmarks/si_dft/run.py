@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("probe_md").setLevel(logging.INFO)  # each head's threshold and training summary
     torch.set_num_threads(1)
     paths = data.prepare(args.work)
     if args.split == "shifted":
