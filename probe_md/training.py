@@ -166,7 +166,11 @@ def _calibrate(
 
 
 class ProbeClassifier:
-    """PROBE: fit a head on per-structure feature arrays and reliable/unreliable labels."""
+    """PROBE: fit a head on per-structure feature arrays and reliable/unreliable labels.
+
+    Learned state: `head_`, `classes_` ([False, True], the is_reliable labels), `split_`,
+    `training_summary_`.
+    """
 
     def __init__(
         self,
