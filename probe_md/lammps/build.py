@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Final
 
+from probe_md.cache import cache_root
 from probe_md.io_utils import atomic_output
 
 PLUGIN_FILE: Final[str] = "probemdplugin.so"  # LAMMPS auto-loads only files named *plugin.so
@@ -54,14 +55,6 @@ def _sources_hash() -> str:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """Per-user cache folder ($PROBE_MD_CACHE, else $XDG_CACHE_HOME/probe-md, else ~/.cache)."""
-    if os.environ.get("PROBE_MD_CACHE"):
-        return Path(os.environ["PROBE_MD_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "probe-md"
 
 
 def plugin_dir() -> Path:
