@@ -858,7 +858,18 @@ void PairProbeMace::pool_and_score(int nlocal)
   scored_step = update->ntimestep;
 }
 
+/* What stays allocated between steps: the graph buffers (reused, so their capacity is kept),
+   the type maps and the last scored importance. The tensors (exchanged rows included) and the
+   autograd graphs exist only inside compute(); torch frees them when it returns. */
 double PairProbeMace::memory_usage()
 {
-  return Pair::memory_usage() + importance.capacity() * sizeof(double);
+  double bytes = Pair::memory_usage();
+  bytes += static_cast<double>(hop.capacity() + node_of_atom.capacity() + atom_of_node.capacity()) *
+      sizeof(int);
+  bytes += static_cast<double>(senders.capacity() + receivers.capacity()) * sizeof(int64_t);
+  bytes += static_cast<double>(edge_vectors.capacity() + importance.capacity() +
+                               type_atomic_number.capacity()) * sizeof(double);
+  bytes += static_cast<double>(type_to_species.capacity() + atomic_numbers.capacity() +
+                               exchange_widths.capacity()) * sizeof(int64_t);
+  return bytes;
 }
