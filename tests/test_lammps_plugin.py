@@ -543,12 +543,16 @@ def test_newton_off_is_refused(plugin, model_files):
 
 
 def test_plugin_cache_and_version(plugin):
-    from probe_md.lammps.build import PLUGIN_FILE, lammps_version_string, plugin_dir, plugin_path
+    from probe_md.lammps.build import (
+        PLUGIN_FILE, lammps_integer_sizes, lammps_version_string, plugin_dir, plugin_path,
+    )
 
     assert plugin.name == PLUGIN_FILE and plugin.parent == plugin_dir()
     assert plugin_path(build=False) == plugin  # cached: no rebuild
     lmp = _lammps()
     try:
+        # The sizes CMake chose LAMMPS_SMALLBIG (or BIGBIG, SMALLSMALL) from are the library's.
+        assert lammps_integer_sizes() == tuple(lmp.extract_setting(k) for k in ("bigint", "tagint", "imageint"))
         year, month, day = str(lmp.version())[:4], int(str(lmp.version())[4:6]), int(str(lmp.version())[6:])
         assert lammps_version_string() == f"{day} {'JanFebMarAprMayJunJulAugSepOctNovDec'[3 * month - 3:3 * month]} {year}"
     finally:
