@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from probe_md.backbone.base import StructurePrediction
+from probe_md.estimator import check_is_fitted
 
 # Keys of ensemble_disagreement(); each value is a float64 array of shape [n_structures].
 ENERGY_STD_PER_ATOM: Final[str] = "energy_std_per_atom"  # eV/atom, std over members of E / n_atoms
@@ -70,10 +71,6 @@ def ensemble_disagreement(
         FORCE_STD_MEAN: force_std_mean,
         FORCE_STD_MAX: force_std_max,
     }
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a baseline is used before fit()."""
 
 
 def _ledoit_wolf_shrinkage(sum_cov: np.ndarray, sum_sq_outer: np.ndarray, num_samples: int) -> float:
@@ -168,15 +165,9 @@ class FeatureDensity:
         self.n_atoms_fit_ = num_atoms
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "precision_"):
-            raise NotFittedError(
-                "this FeatureDensity is not fitted yet; call fit(features_per_structure) first"
-            )
-
     def atom_distances(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each atom's features to the training mean, [n_atoms]."""
-        self._check_fitted()
+        check_is_fitted(self, "precision_")
         (block,) = self._as_feature_blocks([features], self.n_features_in_)
         centred = block - self.mean_
         squared = np.einsum("nf,fg,ng->n", centred, self.precision_, centred)
@@ -184,7 +175,7 @@ class FeatureDensity:
 
     def score(self, features_per_structure: Sequence[np.ndarray]) -> np.ndarray:
         """Per-structure out-of-distribution score (higher = further from training)."""
-        self._check_fitted()
+        check_is_fitted(self, "precision_")
         self._check_params()
         blocks = self._as_feature_blocks(features_per_structure, self.n_features_in_)
         reduce = np.max if self.aggregate == "max" else np.mean
@@ -192,7 +183,7 @@ class FeatureDensity:
 
     def state_dict(self) -> dict:
         """Config and learned state as plain tensors/ints/strs (torch.load(weights_only=True)-safe)."""
-        self._check_fitted()
+        check_is_fitted(self, "precision_")
         return {
             "version": _STATE_VERSION,
             "aggregate": self.aggregate,

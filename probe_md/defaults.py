@@ -13,7 +13,6 @@ MODEL_FILE = "cu_mace.pt"
 HEAD_FILE = "cu_head.pt"
 ENSEMBLE_FILES = ("cu_mace.pt", "cu_mace_member2.pt", "cu_mace_member3.pt", "cu_mace_member4.pt")
 TEST_DATA_FILE = "cu_test.extxyz.gz"
-FUSED_FILE = "cu_fused.pt"
 MLIP_TRAIN_FILE = "cu_mlip_train.extxyz.gz"  # what the MACE models were trained on (250 structures)
 MLIP_VALID_FILE = "cu_mlip_valid.extxyz.gz"  # their validation set (50); sets the head threshold
 HEAD_POOL_FILE = "cu_head_pool_400.extxyz.gz"  # random 400 of the head's 1598 training structures

@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import ase
 import numpy as np
 
 from probe_md import metrics, plots
 from probe_md.backbone import load_backbone
+from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.baselines import FeatureDensity, ensemble_disagreement
 from probe_md.features import predict_dataset
+from probe_md.head import ProbeHead
 from probe_md.io_utils import atomic_write_text, check_output_path
-from probe_md.labels import class_balance, label_reliable, structure_errors
+from probe_md.reliability_labels import class_balance, label_reliable, structure_errors
 from probe_md.structures import ReferenceKeys, read_structures
-from probe_md.training import ProbeClassifier, load_head
+from probe_md.training import HeadInfo, ProbeClassifier, load_head
 
 
 @dataclass
@@ -38,17 +41,7 @@ def evaluate(request: EvaluateRequest) -> dict:
     """Score every structure and compare PROBE with the baselines; returns the JSON report."""
     if request.plots_dir is not None:
         check_output_path(request.plots_dir, "plots folder", is_folder=True)
-    head, info = load_head(request.head_path)
-    backbone = load_backbone(request.model_path)
-    if info.backbone_fingerprint and info.backbone_fingerprint != backbone.fingerprint:
-        raise ValueError(
-            f"head {request.head_path} was trained on another backbone than {request.model_path} "
-            f"(sha256 {info.backbone_fingerprint[:12]}… vs {backbone.fingerprint[:12]}…)"
-        )
-    if head.config.feature_dim != backbone.feature_dim:
-        raise ValueError(
-            f"head expects {head.config.feature_dim} features, backbone gives {backbone.feature_dim}"
-        )
+    head, info, backbone = load_matching_head(request.head_path, request.model_path)
     criterion = request.criterion or info.criterion
     threshold = request.threshold if request.threshold is not None else info.threshold
     structures = read_structures(request.data_path, request.keys)
@@ -56,22 +49,8 @@ def evaluate(request: EvaluateRequest) -> dict:
     errors = structure_errors(predictions, structures, criterion, request.keys)
     is_reliable = label_reliable(errors, threshold)
     features = [p.features for p in predictions]
-    p_reliable = ProbeClassifier.from_head(head).predict_proba(features)
-
-    scores: dict[str, np.ndarray] = {"PROBE (1 - p)": 1.0 - p_reliable}
-    if request.ensemble_paths:
-        members = [predictions] + [
-            predict_dataset(load_backbone(path), structures, request.cache_dir, f"member {k + 2}")
-            for k, path in enumerate(request.ensemble_paths)
-        ]
-        k = len(members)
-        for name, values in ensemble_disagreement(members).items():
-            scores[f"ensemble K={k}: {name}"] = values
-    if info.density is not None:
-        density = FeatureDensity.from_state_dict(info.density)
-        scores["feature density (Mahalanobis)"] = density.score(features)
-
-    rows = [metrics.summarize_scores(name, s, is_reliable, errors) for name, s in scores.items()]
+    p_reliable = ProbeClassifier.from_head(head).predict_proba(features)[:, 1]
+    scores = {"PROBE (1 - p)": 1.0 - p_reliable, **baseline_scores(request, structures, predictions, info)}
     diagram = metrics.reliability_diagram(p_reliable, is_reliable, request.calibration_bins)
     binned = metrics.binned_error_by_probability(p_reliable, errors)
     balance = class_balance(is_reliable)
@@ -85,7 +64,7 @@ def evaluate(request: EvaluateRequest) -> dict:
         "reliable": balance.reliable,
         "unreliable": balance.unreliable,
         "mlip_error": {"mean": float(errors.mean()), "median": float(np.median(errors))},
-        "methods": rows,
+        "methods": [metrics.summarize_scores(name, s, is_reliable, errors) for name, s in scores.items()],
         "probe_calibration": {
             "ece": metrics.expected_calibration_error(p_reliable, is_reliable, request.calibration_bins),
             "reliability_diagram": {k: np.asarray(v).tolist() for k, v in diagram._asdict().items()},
@@ -98,16 +77,62 @@ def evaluate(request: EvaluateRequest) -> dict:
         },
     }
     if request.plots_dir is not None:
-        folder = Path(request.plots_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        curves = {
-            name: metrics.risk_coverage(-s, ~is_reliable) for name, s in scores.items()
-        }
-        plots.plot_risk_coverage(curves, folder / "risk_coverage.png")
-        plots.plot_reliability_diagram(diagram, folder / "reliability_diagram.png")
-        plots.plot_probability_vs_error(p_reliable, errors, threshold, folder / "probability_vs_error.png")
-        report["plots"] = sorted(str(p) for p in folder.glob("*.png"))
+        curves = {name: metrics.risk_coverage(-s, ~is_reliable) for name, s in scores.items()}
+        report["plots"] = write_plots(Path(request.plots_dir), curves, diagram, p_reliable, errors, threshold)
     return report
+
+
+def load_matching_head(head_path: Path, model_path: Path) -> tuple[ProbeHead, HeadInfo, Backbone]:
+    """The head, what was saved with it, and the backbone; refused unless the head was trained
+    on this backbone's features."""
+    head, info = load_head(head_path)
+    backbone = load_backbone(model_path)
+    if info.backbone_fingerprint and info.backbone_fingerprint != backbone.fingerprint:
+        raise ValueError(
+            f"head {head_path} was trained on another backbone than {model_path} "
+            f"(sha256 {info.backbone_fingerprint[:12]}… vs {backbone.fingerprint[:12]}…)"
+        )
+    if head.config.feature_dim != backbone.feature_dim:
+        raise ValueError(
+            f"head expects {head.config.feature_dim} features, backbone gives {backbone.feature_dim}"
+        )
+    return head, info, backbone
+
+
+def baseline_scores(
+    request: EvaluateRequest, structures: Sequence[ase.Atoms], predictions: Sequence[StructurePrediction],
+    info: HeadInfo,
+) -> dict[str, np.ndarray]:
+    """Unreliability scores of the baselines: ensemble disagreement (when members are given)
+    and the feature density saved with the head (when there is one)."""
+    scores: dict[str, np.ndarray] = {}
+    if request.ensemble_paths:
+        members = [predictions] + [
+            predict_dataset(load_backbone(path), structures, request.cache_dir, f"member {k + 2}")
+            for k, path in enumerate(request.ensemble_paths)
+        ]
+        for name, values in ensemble_disagreement(members).items():
+            scores[f"ensemble K={len(members)}: {name}"] = values
+    if info.density is not None:
+        density = FeatureDensity.from_state_dict(info.density)
+        scores["feature density (Mahalanobis)"] = density.score([p.features for p in predictions])
+    return scores
+
+
+def write_plots(
+    folder: Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    diagram: metrics.ReliabilityDiagram,
+    p_reliable: np.ndarray,
+    errors: np.ndarray,
+    threshold: float,
+) -> list[str]:
+    """Risk-coverage, reliability diagram and probability-vs-error PNGs; returns every PNG in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots.plot_risk_coverage(curves, folder / "risk_coverage.png")
+    plots.plot_reliability_diagram(diagram, folder / "reliability_diagram.png")
+    plots.plot_probability_vs_error(p_reliable, errors, threshold, folder / "probability_vs_error.png")
+    return sorted(str(p) for p in folder.glob("*.png"))
 
 
 def format_report(report: dict) -> str:

@@ -1,4 +1,5 @@
-"""Atomic file output: a crash or error never leaves a half-written file under the final name."""
+"""Crash-safe file output: atomic replacement (never a half-written file under the final name)
+and whole-record appends that are on disk when the call returns."""
 
 from __future__ import annotations
 
@@ -68,3 +69,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as temporary:
         temporary.write_bytes(data)
+
+
+def append_and_fsync(path: str | os.PathLike, data: bytes) -> None:
+    """Append one record to `path` (created 0644) and fsync it before returning.
+
+    The record goes out through one O_APPEND descriptor, so appends never interleave with
+    other writers' records; a crash mid-call can leave only a torn tail, which readers drop.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (signals, pipes)
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -177,16 +177,8 @@ class StagedMace(torch.nn.Module):
                 return stage.up(node_feats)
         raise IndexError("layer index out of range")
 
-    def layer(
-        self,
-        layer: int,
-        sent: Tensor,
-        node_feats: Tensor,
-        species_local: Tensor,
-        edges: List[Tensor],
-        edge_index: Tensor,
-        n_local: int,
-    ) -> Tuple[Tensor, Tensor]:
+    def layer(self, layer: int, sent: Tensor, node_feats: Tensor, species_local: Tensor,
+              edges: List[Tensor], edge_index: Tensor, n_local: int) -> Tuple[Tensor, Tensor]:
         cutoff: Optional[Tensor] = None
         if len(edges) > 2:
             cutoff = edges[2]

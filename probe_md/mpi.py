@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+import os
+from contextlib import contextmanager
+from typing import Callable, Final, Sequence, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+
+# Launchers set one of these in every rank's environment; checking them first means a
+# plain (non-MPI) command never pays for MPI initialisation.
+_MPI_SIZE_VARIABLES: Final[tuple[str, ...]] = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+
+
+def world_size_from_env() -> int:
+    """The launcher's rank count, read without initialising MPI (1 outside mpirun)."""
+    for name in _MPI_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def world_comm():
@@ -65,3 +80,38 @@ def mark_collective(error: BaseException) -> BaseException:
 
 def is_collective(error: BaseException) -> bool:
     return bool(getattr(error, "probe_md_collective", False))
+
+
+def run_on_rank_zero(work: Callable[[], int]) -> int:
+    """Run a serial command's `work` on rank 0 only (under mpirun); every rank returns rank 0's
+    exit code. An exception on rank 0 is re-raised there after the other ranks were told to
+    stop, so `mpirun` never hangs waiting for ranks that sit in a collective."""
+    if world_size_from_env() <= 1:
+        return int(work() or 0)
+    comm = world_comm()
+    if comm is None or comm.Get_size() <= 1:
+        return int(work() or 0)
+    if comm.Get_rank() != 0:
+        return int(comm.bcast(None, root=0))
+    try:
+        with ase_serial():
+            code = int(work() or 0)
+    except BaseException:
+        comm.bcast(2, root=0)
+        raise
+    comm.bcast(code, root=0)
+    return code
+
+
+@contextmanager
+def ase_serial():
+    """Make ase.io serial on this rank: once mpi4py is imported, ase.io.read/write are
+    collectives (rank 0 reads, then broadcasts) and would deadlock with one rank calling."""
+    from ase import parallel
+
+    previous = parallel.world.comm
+    parallel.world.comm = parallel.DummyMPI()
+    try:
+        yield
+    finally:
+        parallel.world.comm = previous

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,7 @@ from probe_md.backbone import load_backbone
 from probe_md.baselines import FeatureDensity
 from probe_md.features import predict_dataset
 from probe_md.io_utils import check_output_path
-from probe_md.labels import (
+from probe_md.reliability_labels import (
     DEFAULT_CRITERION,
     DEFAULT_THRESHOLD_MULTIPLE,
     class_balance,
@@ -23,6 +24,8 @@ from probe_md.labels import (
 )
 from probe_md.structures import ReferenceKeys, read_structures
 from probe_md.training import HeadInfo, ProbeClassifier, TrainingConfig, save_head
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,7 +70,7 @@ def train_probe(request: TrainRequest) -> tuple[ProbeClassifier, HeadInfo]:
         threshold_rule = f"{DEFAULT_THRESHOLD_MULTIPLE} x RMS error of the best quarter of the data"
     is_reliable = label_reliable(errors, threshold)
     balance = class_balance(is_reliable)
-    print(f"criterion {request.criterion}, threshold {threshold:.4g} ({threshold_rule}): {balance}")
+    logger.info("criterion %s, threshold %.4g (%s): %s", request.criterion, threshold, threshold_rule, balance)
     features = [p.features for p in predictions]
     classifier = ProbeClassifier(request.head_config, request.training).fit(features, is_reliable)
     reliable_train = [features[i] for i in classifier.split_.train if is_reliable[i]]

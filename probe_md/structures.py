@@ -18,6 +18,7 @@ class ReferenceKeys:
 
     energy: str = "REF_energy"  # atoms.info[energy], eV
     forces: str = "REF_forces"  # atoms.arrays[forces], eV/Å
+    stress: str = "REF_stress"  # atoms.info[stress], Voigt-6 eV/Å³ (ASE sign), periodic cells only
 
 
 def read_structures(

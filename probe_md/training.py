@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,14 +15,15 @@ import torch
 from scipy.special import expit
 
 from probe_md.calibration import fit_temperature_and_bias
+from probe_md.estimator import check_is_fitted
 from probe_md.head import HeadConfig, ProbeHead
 from probe_md.io_utils import atomic_output
 
+logger = logging.getLogger(__name__)
+
 HEAD_FORMAT = "probe_md.head/1"
-
-
-class NotFittedError(RuntimeError):
-    """Raised when a classifier is used before `fit`."""
+# The classes of `fit`'s is_reliable labels, in predict_proba's column order (as scikit-learn's).
+CLASSES = np.array([False, True])
 
 
 @dataclass
@@ -101,8 +103,74 @@ def pack(features: Sequence[np.ndarray], dtype=torch.float32) -> _Packed:
     )
 
 
+def _scaled_head(features: Sequence[np.ndarray], train: np.ndarray, head_config: dict) -> ProbeHead:
+    """A new head whose inputs are standardised with the training atoms' statistics."""
+    head = ProbeHead(HeadConfig(feature_dim=features[0].shape[1], **head_config))
+    train_atoms = np.concatenate([features[i] for i in train])
+    head.set_feature_scaling(
+        torch.as_tensor(train_atoms.mean(0), dtype=torch.float32),
+        torch.as_tensor(train_atoms.std(0), dtype=torch.float32),
+    )
+    return head
+
+
+def _train_with_early_stopping(
+    head: ProbeHead, features: Sequence[np.ndarray], labels: torch.Tensor, split: SplitIndices, cfg: TrainingConfig
+) -> tuple[int, int, float]:
+    """Fit the uncalibrated logit on the train split; keeps the weights of the epoch with the
+    lowest validation loss. Returns (epochs run, best epoch, best validation loss)."""
+    train_labels = labels[split.train]
+    # Class-balanced loss: weight the reliable class by n_unreliable / n_reliable.
+    pos_weight = (1 - train_labels).sum() / train_labels.sum().clamp(min=1)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    validation = pack([features[i] for i in split.validation])
+    rng = np.random.default_rng(cfg.seed)
+    best_loss, best_state, best_epoch, epochs_run = float("inf"), None, 0, 0
+    for epoch in range(cfg.max_epochs):
+        head.train()
+        order = rng.permutation(split.train)
+        for begin in range(0, len(order), cfg.batch_structures):
+            chosen = order[begin : begin + cfg.batch_structures]
+            packed = pack([features[i] for i in chosen])
+            out = head(packed.features, packed.batch, packed.num_graphs, calibrated=False)
+            loss = loss_fn(out.logits, labels[chosen])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            out = head(validation.features, validation.batch, validation.num_graphs, calibrated=False)
+            val_loss = float(loss_fn(out.logits, labels[split.validation]))
+        epochs_run = epoch + 1
+        if val_loss < best_loss - 1e-5:
+            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(head.state_dict()), epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    head.load_state_dict(best_state)
+    head.eval()
+    return epochs_run, best_epoch, best_loss
+
+
+def _calibrate(
+    head: ProbeHead, features: Sequence[np.ndarray], labels: torch.Tensor, calibration: np.ndarray
+) -> tuple[float, float]:
+    """Fit and store the head's temperature and logit bias on the calibration split."""
+    packed = pack([features[i] for i in calibration])
+    with torch.no_grad():
+        logits = head(packed.features, packed.batch, packed.num_graphs, calibrated=False).logits
+    temperature, bias = fit_temperature_and_bias(logits, labels[calibration])
+    head.temperature.fill_(temperature)
+    head.logit_bias.fill_(bias)
+    return temperature, bias
+
+
 class ProbeClassifier:
-    """PROBE: fit a head on per-structure feature arrays and reliable/unreliable labels."""
+    """PROBE: fit a head on per-structure feature arrays and reliable/unreliable labels.
+
+    Learned state: `head_`, `classes_` ([False, True], the is_reliable labels), `split_`,
+    `training_summary_`.
+    """
 
     def __init__(
         self,
@@ -127,57 +195,15 @@ class ProbeClassifier:
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
         split = stratified_split(is_reliable, cfg)
-        feature_dim = features[0].shape[1]
-        head = ProbeHead(HeadConfig(feature_dim=feature_dim, **self.head_config))
-        train_atoms = np.concatenate([features[i] for i in split.train])
-        head.set_feature_scaling(
-            torch.as_tensor(train_atoms.mean(0), dtype=torch.float32),
-            torch.as_tensor(train_atoms.std(0), dtype=torch.float32),
-        )
         labels = torch.as_tensor(is_reliable, dtype=torch.float32)
-        train_labels = labels[split.train]
-        # Class-balanced loss: weight the reliable class by n_unreliable / n_reliable.
-        pos_weight = (1 - train_labels).sum() / train_labels.sum().clamp(min=1)
-        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        optimizer = torch.optim.AdamW(
-            head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
-        val_packed = pack([features[i] for i in split.validation])
-        val_labels = labels[split.validation]
-        rng = np.random.default_rng(cfg.seed)
-        best_loss, best_state, best_epoch, history = float("inf"), None, 0, []
-        for epoch in range(cfg.max_epochs):
-            head.train()
-            order = rng.permutation(split.train)
-            for begin in range(0, len(order), cfg.batch_structures):
-                chosen = order[begin : begin + cfg.batch_structures]
-                packed = pack([features[i] for i in chosen])
-                out = head(packed.features, packed.batch, packed.num_graphs, calibrated=False)
-                loss = loss_fn(out.logits, labels[chosen])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            head.eval()
-            with torch.no_grad():
-                val_out = head(val_packed.features, val_packed.batch, val_packed.num_graphs, False)
-                val_loss = float(loss_fn(val_out.logits, val_labels))
-            history.append(val_loss)
-            if val_loss < best_loss - 1e-5:
-                best_loss, best_state, best_epoch = val_loss, copy.deepcopy(head.state_dict()), epoch
-            elif epoch - best_epoch >= cfg.patience:
-                break
-        head.load_state_dict(best_state)
-        head.eval()
-        cal_packed = pack([features[i] for i in split.calibration])
-        with torch.no_grad():
-            cal_logits = head(cal_packed.features, cal_packed.batch, cal_packed.num_graphs, False).logits
-        temperature, bias = fit_temperature_and_bias(cal_logits, labels[split.calibration])
-        head.temperature.fill_(temperature)
-        head.logit_bias.fill_(bias)
+        head = _scaled_head(features, split.train, self.head_config)
+        epochs_run, best_epoch, best_loss = _train_with_early_stopping(head, features, labels, split, cfg)
+        temperature, bias = _calibrate(head, features, labels, split.calibration)
         self.head_ = head
+        self.classes_ = CLASSES
         self.split_ = split
         self.training_summary_ = {
-            "epochs_run": len(history),
+            "epochs_run": epochs_run,
             "best_epoch": best_epoch,
             "best_validation_loss": best_loss,
             "temperature": temperature,
@@ -188,10 +214,9 @@ class ProbeClassifier:
             "n_calibration": int(len(split.calibration)),
         }
         if self.verbose:
-            print(
-                f"head trained: {len(history)} epochs (best {best_epoch}), "
-                f"val loss {best_loss:.4f}, T={temperature:.3f}, bias={bias:+.3f}, "
-                f"{self.training_summary_['train_seconds']:.1f} s"
+            logger.info(
+                "head trained: %d epochs (best %d), val loss %.4f, T=%.3f, bias=%+.3f, %.1f s",
+                epochs_run, best_epoch, best_loss, temperature, bias, self.training_summary_["train_seconds"],
             )
         return self
 
@@ -199,27 +224,29 @@ class ProbeClassifier:
     def from_head(cls, head: ProbeHead) -> "ProbeClassifier":
         classifier = cls(verbose=False)
         classifier.head_ = head.eval()
+        classifier.classes_ = CLASSES
         return classifier
 
     # --- prediction ------------------------------------------------------------------
-    def _check_fitted(self) -> ProbeHead:
-        if not hasattr(self, "head_"):
-            raise NotFittedError("this ProbeClassifier is not fitted yet: call fit() first")
-        return self.head_
-
     def predict_logit(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated logit per structure: positive means "reliable"."""
         return self._run(features)[0]
 
     def predict_proba(self, features: Sequence[np.ndarray]) -> np.ndarray:
-        """Calibrated probability that each structure's MLIP prediction is reliable."""
-        return expit(self.predict_logit(features))
+        """[n, 2] calibrated probabilities in `classes_` order: P(unreliable), P(reliable).
+
+        Column 1 is the probability that the structure's MLIP prediction is reliable.
+        """
+        logit = self.predict_logit(features)
+        return np.column_stack([expit(-logit), expit(logit)])
 
     def attention(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per structure: attention weights [n_atoms, heads] (each head sums to 1)."""
         return self._run(features)[1]
 
     def _run(self, features: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        head = self._check_fitted()
+        check_is_fitted(self, "head_")
+        head = self.head_
         dtype = head.feature_mean.dtype
         packed = pack(features, dtype=dtype)
         with torch.no_grad():
@@ -249,7 +276,6 @@ def save_head(head: ProbeHead, info: HeadInfo, path: str | os.PathLike) -> None:
         "format": HEAD_FORMAT,
         "config": head.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "temperature": float(head.temperature),
         **asdict(info),
     }
     with atomic_output(path) as temporary:
@@ -257,7 +283,11 @@ def save_head(head: ProbeHead, info: HeadInfo, path: str | os.PathLike) -> None:
 
 
 def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:
-    """Load a head file with `weights_only=True` (no arbitrary unpickling)."""
+    """Load a head file with `weights_only=True` (no arbitrary unpickling).
+
+    Other keys are ignored: older files also hold a copy of the calibration temperature,
+    which the weights (the `temperature` buffer) already carry.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file {path} does not exist")

@@ -4,7 +4,11 @@ import pytest
 from probe_md.backbone.chgnet import CHGNET_AVAILABLE
 
 if not CHGNET_AVAILABLE:
-    pytest.skip("chgnet is not installed (pip install chgnet)", allow_module_level=True)
+    pytest.skip(
+        "chgnet is not installed: `pip install -e '.[test]'` brings it on Python < 3.13 (chgnet has no "
+        "3.13 wheel), else `pip install chgnet`",
+        allow_module_level=True,
+    )
 
 import torch
 from ase import Atoms

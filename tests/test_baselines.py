@@ -12,9 +12,9 @@ from probe_md.baselines import (
     FORCE_STD_MAX,
     FORCE_STD_MEAN,
     FeatureDensity,
-    NotFittedError,
     ensemble_disagreement,
 )
+from probe_md.estimator import NotFittedError
 
 
 def _prediction(energy, forces, num_features=4):

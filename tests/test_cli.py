@@ -59,3 +59,38 @@ def test_no_cuequivariance_notice_on_a_command_that_loads_mace(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "missing.pt does not exist" in done.stderr
     assert "cuequivariance or cuequivariance_torch is not available" not in done.stdout + done.stderr
+
+
+def _defaults(name: str, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_come_from_the_dataclasses():
+    from probe_md.evaluation import EvaluateRequest
+    from probe_md.pipeline import TrainRequest
+    from probe_md.structures import ReferenceKeys
+    from probe_md.training import TrainingConfig
+
+    train = _defaults("train", ["--data", "d.extxyz", "-o", "h.pt"])
+    assert (train.criterion, train.threshold, train.in_domain) == (
+        TrainRequest.criterion, TrainRequest.threshold, TrainRequest.in_domain_path)
+    assert (train.max_epochs, train.seed) == (TrainingConfig.max_epochs, TrainingConfig.seed)
+    assert (train.energy_key, train.forces_key) == (ReferenceKeys.energy, ReferenceKeys.forces)
+    evaluate = _defaults("evaluate", [])
+    assert (evaluate.criterion, evaluate.threshold) == (EvaluateRequest.criterion, EvaluateRequest.threshold)
+
+
+def test_feature_cache_lives_in_the_one_cache_root(monkeypatch, tmp_path):
+    from probe_md.cache import cache_root
+
+    monkeypatch.setenv("PROBE_MD_CACHE", str(tmp_path / "cache"))
+    assert cache_root() == tmp_path / "cache"
+    assert _defaults("evaluate", []).cache_dir == tmp_path / "cache" / "features"
+    monkeypatch.delenv("PROBE_MD_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _defaults("train", ["--data", "d", "-o", "h"]).cache_dir == tmp_path / "xdg" / "probe-md" / "features"
+    from probe_md.lammps.build import cache_root as plugin_cache_root  # the plugin build shares the root
+
+    assert plugin_cache_root() == cache_root() == tmp_path / "xdg" / "probe-md"

@@ -17,7 +17,7 @@ import pytest
 
 from probe_md.lammps.driver import Reading, RunOptions, run_lammps_input
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE
-from probe_md.lammps_runtime import import_lammps
+from probe_md.lammps.runtime import import_lammps
 from stand_ins import ThermalStandIn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def tiny_fused(tmp_path_factory):
 
     from probe_md.backbone.mace import save_mace_model
     from probe_md.backbone.mace_factory import build_mace_model
-    from probe_md.export import export_fused_model
+    from probe_md.lammps.export import export_fused_model
     from probe_md.head import HeadConfig, ProbeHead
     from probe_md.training import HeadInfo, save_head
 

@@ -2,12 +2,16 @@
 
 import json
 
+import numpy as np
 import pytest
 
+from probe_md.backbone import load_backbone
 from probe_md.cli.main import main
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report
 from probe_md.pipeline import TrainRequest, train_probe
-from probe_md.training import TrainingConfig, load_head
+from probe_md.reliability_labels import structure_errors
+from probe_md.structures import read_structures
+from probe_md.training import ProbeClassifier, TrainingConfig, load_head
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +51,24 @@ def test_evaluate_report_with_ensemble_and_plots(trained_head, tiny_mace_path, t
     names = [row["name"] for row in report["methods"]]
     assert names[0].startswith("PROBE") and any("ensemble K=2" in n for n in names)
     assert any("density" in n for n in names)
-    assert 0 <= report["probe_calibration"]["ece"] <= 1
+    assert report["probe_calibration"]["ece"] == pytest.approx(ece_by_hand(path, tiny_mace_path, cu_extxyz), abs=1e-12)
+    assert sum(report["probe_calibration"]["reliability_diagram"]["counts"]) == report["n_structures"] == 24
     assert {p.split("/")[-1] for p in report["plots"]} == {
         "risk_coverage.png", "reliability_diagram.png", "probability_vs_error.png"
     }
     assert "AUROC" in format_report(report)
+
+
+def ece_by_hand(head_path, model_path, data_path, n_bins=15):
+    """ECE from scratch: PROBE's P(reliable) per structure against its label, 15 equal-width bins."""
+    head, info = load_head(head_path)
+    structures = read_structures(data_path)
+    predictions = load_backbone(model_path).predict(structures)
+    is_reliable = structure_errors(predictions, structures, info.criterion) < info.threshold
+    p_reliable = ProbeClassifier.from_head(head).predict_proba([p.features for p in predictions])[:, 1]
+    bins = np.minimum(np.floor(p_reliable * n_bins), n_bins - 1)
+    gaps = [abs(p_reliable[bins == b].mean() - is_reliable[bins == b].mean()) * np.sum(bins == b) for b in set(bins)]
+    return sum(gaps) / len(structures)
 
 
 def test_cli_evaluate_json(trained_head, tiny_mace_path, cu_extxyz, tmp_path, capsys):
@@ -109,3 +126,13 @@ def test_evaluate_outputs_are_checked_before_any_work(trained_head, tiny_mace_pa
                  "--data", str(cu_extxyz), option, str(target), "--no-cache"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"{target} (" in err
+
+
+def test_cli_train_prints_the_library_progress(tiny_mace_path, cu_extxyz, tmp_path, capsys):
+    """probe_md modules log; the CLI shows those lines on stdout, as it printed them before."""
+    code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o", str(tmp_path / "h.pt"),
+                 "--max-epochs", "3", "--no-cache"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("criterion force-rmse, threshold ") and "reliable / " in out
+    assert "\nhead trained: " in out and f"wrote {tmp_path / 'h.pt'}: threshold" in out

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.export import FUSED_FORMAT, export_fused_model, read_fused_metadata
+from probe_md.lammps.export import FUSED_FORMAT, export_fused_model, read_fused_metadata
 from probe_md.head import HeadConfig, ProbeHead, atom_importance
 from probe_md.training import HeadInfo, save_head
 from ghosts import periodic_images
@@ -165,7 +165,7 @@ def test_cli_export(tmp_path, capsys):
 
 
 def test_unwritable_output_is_refused_before_loading(tmp_path, monkeypatch, capsys):
-    from probe_md import export
+    from probe_md.lammps import export
     from probe_md.cli.main import main
 
     def must_not_load(*_):

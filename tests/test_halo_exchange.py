@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from probe_md.backbone.mace import save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.export import export_fused_model
+from probe_md.lammps.export import export_fused_model
 from probe_md.head import HeadConfig, ProbeHead
 from probe_md.lammps.halo_exchange import atom_forces, edge_vectors, periodic_exchanges, staged_step
 from probe_md.training import HeadInfo, save_head

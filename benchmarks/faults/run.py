@@ -160,7 +160,7 @@ def interrupted(args, input_path: Path, work: Path, rng: random.Random, signum: 
 
 
 def read_restart_step(path: Path) -> int | None:
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
 
     if not path.exists():
         return None
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     from probe_md.lammps.demo import resolve_fused_model
 
     plugin_path(build=True)
-    model, _ = resolve_fused_model(args.work.resolve())
+    model = resolve_fused_model(args.work.resolve())
     input_path = args.work / "in.faults"
     input_path.write_text(input_text(model, args.repeat, args.steps))
     started = time.perf_counter()

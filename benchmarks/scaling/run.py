@@ -75,7 +75,7 @@ def build_cases(sizes: list[int], ranks: list[int], exchanges: list[str], dtypes
 def fused_model(mace: Path, head: Path, dtype: str, folder: Path) -> Path:
     """The fused file of `dtype` in `folder`, exported unless one of these inputs is there."""
     from probe_md.backbone.mace import file_sha256
-    from probe_md.export import export_fused_model, read_fused_metadata
+    from probe_md.lammps.export import export_fused_model, read_fused_metadata
 
     target = folder / f"cu_fused_{dtype}.pt"
     wanted = {"mace": file_sha256(mace), "head": file_sha256(head)}

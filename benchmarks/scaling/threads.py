@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from probe_md import defaults
-    from probe_md.export import export_fused_model
+    from probe_md.lammps.export import export_fused_model
     from probe_md.io_utils import atomic_write_text
     from probe_md.lammps.build import plugin_path
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,9 @@ import data  # noqa: E402
 import mlips  # noqa: E402
 from probe_md.backbone import load_backbone  # noqa: E402
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json  # noqa: E402
-from probe_md.labels import DEFAULT_THRESHOLD_MULTIPLE  # noqa: E402
 from probe_md.features import predict_dataset  # noqa: E402
 from probe_md.pipeline import TrainRequest, train_probe  # noqa: E402
+from probe_md.reliability_labels import DEFAULT_THRESHOLD_MULTIPLE  # noqa: E402
 from probe_md.structures import read_structures  # noqa: E402
 from probe_md.training import ProbeClassifier, load_head  # noqa: E402
 
@@ -94,7 +95,7 @@ def probe_flagged_fraction(backbone, head_path: Path, data_path: Path, cache_dir
     head, _ = load_head(head_path)
     structures = read_structures(data_path)
     features = [p.features for p in predict_dataset(backbone, structures, cache_dir, progress=False)]
-    return float((ProbeClassifier.from_head(head).predict_proba(features) < 0.5).mean())
+    return float((ProbeClassifier.from_head(head).predict_proba(features)[:, 1] < 0.5).mean())
 
 
 def run_backbone(name: str, paths: dict, args) -> dict:
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("probe_md").setLevel(logging.INFO)  # each head's threshold and training summary
     torch.set_num_threads(1)
     paths = data.prepare(args.work)
     if args.split == "shifted":

@@ -28,7 +28,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc111
 
-from probe_md.lammps_runtime import import_lammps
+from probe_md.lammps.runtime import import_lammps
 from probe_md.reference.cu_snap import cu_snap_calculator, cu_snap_lammps_commands
 
 CU_FCC_A = 3.62  # Å, starting lattice constants; the barostat relaxes the MD runs

@@ -6,6 +6,7 @@ default of `probe-md train --in-domain`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from probe_md import defaults
@@ -15,6 +16,8 @@ WORK = Path(__file__).parent / "work"
 
 
 def main() -> None:
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("probe_md").setLevel(logging.INFO)  # the threshold and the training summary
     _, info = train_probe(
         TrainRequest(
             model_path=defaults.DEFAULT_DIR / defaults.MODEL_FILE,

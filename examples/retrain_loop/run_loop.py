@@ -48,10 +48,7 @@ def probe_md(*argv) -> None:
 
 
 def shipped_fused_model(work: Path) -> Path:
-    """The default's fused model: shipped, else exported from the shipped MACE + head."""
-    shipped = defaults.DEFAULT_DIR / defaults.FUSED_FILE
-    if shipped.is_file():
-        return shipped
+    """The default's fused model, exported from the shipped MACE + head."""
     target = work / "cu_fused_round0.pt"
     if not target.is_file():
         probe_md("export", "-o", target)  # embedded MACE + head

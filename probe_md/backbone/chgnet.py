@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from probe_md.backbone.base import StructurePrediction
+from probe_md.io_utils import atomic_output
 
 CHGNET_AVAILABLE = importlib.util.find_spec("chgnet") is not None
 FORMAT_TAG = "probe_md.chgnet/1"
@@ -67,16 +67,8 @@ def save_chgnet_model(model: torch.nn.Module, path: str | os.PathLike) -> dict:
         "n_conv": int(model.n_conv),
         "feature_dim": int(model.atom_fea_dim),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"model": model.as_dict(), METADATA_KEY: json.dumps(metadata)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as temporary:
+        torch.save({"model": model.as_dict(), METADATA_KEY: json.dumps(metadata)}, temporary)
     return metadata
 
 

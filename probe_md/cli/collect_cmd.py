@@ -16,17 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep at most this many frames (farthest-point sampling; default: all distinct)")
     parser.add_argument("--min-distance", type=float, default=DEFAULT_MIN_DISTANCE,
                         help="frames closer than this in the scaled feature space are near-duplicates "
-                             f"(default {DEFAULT_MIN_DISTANCE})")
+                             "(default %(default)s)")
     parser.add_argument("--min-bond-fraction", type=float, default=DEFAULT_MIN_BOND_FRACTION,
                         help="drop frames with two atoms closer than this x the sum of their covalent "
-                             f"radii: MD blow-ups (default {DEFAULT_MIN_BOND_FRACTION}; 0 keeps all)")
+                             "radii: MD blow-ups (default %(default)s; 0 keeps all)")
     parser.add_argument("--model", type=Path, default=None,
                         help="TorchScript MACE model whose features describe the frames (default: embedded Cu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from probe_md.loop import run_on_rank_zero
+    from probe_md.mpi import run_on_rank_zero
 
     return run_on_rank_zero(lambda: _collect(args))
 

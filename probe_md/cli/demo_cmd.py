@@ -10,28 +10,26 @@ import sys
 from pathlib import Path
 
 
+# (flag, DemoConfig field, help): the physics knobs, defaults read from DemoConfig
+PHYSICS_OPTIONS = (
+    ("--steps", "steps", "MD steps of the heating ramp"),
+    ("--repeat", "repeat", "fcc cubic cells per side, 4*repeat^3 atoms"),
+    ("--t-end", "t_end_k", "final thermostat temperature in K"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from probe_md.cli.monitor_options import add_monitor_arguments
     from probe_md.lammps.demo import DemoConfig
 
-    default = DemoConfig()
     parser.add_argument("--out", type=Path, default=Path("probe_demo"),
                         help="output folder (default ./probe_demo)")
-    parser.add_argument("--steps", type=int, default=default.steps,
-                        help=f"MD steps of the heating ramp (default {default.steps})")
-    parser.add_argument("--repeat", type=int, default=default.repeat,
-                        help=f"fcc cubic cells per side, 4*repeat^3 atoms (default {default.repeat})")
-    parser.add_argument("--t-end", type=float, default=default.t_end_k,
-                        help=f"final thermostat temperature in K (default {default.t_end_k:g})")
-    parser.add_argument("--every", type=int, default=default.every,
-                        help=f"score every N steps (default {default.every})")
-    parser.add_argument("--threshold", type=float, default=default.threshold,
-                        help=f"flag below this P(reliable) (default {default.threshold:g})")
-    parser.add_argument("--patience", type=int, default=default.patience,
-                        help=f"halt after this many consecutive flagged checks (default {default.patience})")
+    for flag, field, text in PHYSICS_OPTIONS:
+        value = getattr(DemoConfig, field)
+        parser.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value:g})")
+    add_monitor_arguments(parser)
     parser.add_argument("--model", type=Path, default=None,
                         help="fused model from `probe-md export` (default: the embedded Cu model)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier demo run in --out (default: refuse a folder holding one)")
     parser.add_argument("--screen", action="store_true", help="show LAMMPS screen output")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from probe_md.cli.common import add_cache_argument, add_reference_key_arguments, cache_dir, reference_keys
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json
 from probe_md.io_utils import check_output_path
-from probe_md.labels import CRITERIA
+from probe_md.reliability_labels import CRITERIA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="other ensemble members besides --model (default with the embedded model: its 3 members)",
     )
-    parser.add_argument("--criterion", choices=CRITERIA, default=None,
+    parser.add_argument("--criterion", choices=CRITERIA, default=EvaluateRequest.criterion,
                         help="error measure that defines 'reliable' (default: the head's)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=float, default=EvaluateRequest.threshold,
                         help="error threshold, eV/Å or eV/atom (default: the head's)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--plots", type=Path, default=None, help="write PNG plots into this folder")

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from probe_md import defaults
-    from probe_md.export import export_fused_model
+    from probe_md.lammps.export import export_fused_model
 
     model = args.model if args.model is not None else defaults.default_model_path()
     head = args.head if args.head is not None else defaults.default_head_path()

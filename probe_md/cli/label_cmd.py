@@ -21,11 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probe_md.loop import mpi_world_size_from_env
+    from probe_md.mpi import world_size_from_env
     from probe_md.loop.label import LabelFiles, calculator_factory, label_frames, parse_calc_kwargs
     from probe_md.structures import read_structures
 
-    if mpi_world_size_from_env() > 1:
+    if world_size_from_env() > 1:
         # Reference calculators (LAMMPSlib, DFT codes) bring their own parallelism; several
         # ranks labelling the same pool would race on the partial file.
         raise RuntimeError("probe-md label runs as one process: start it without mpirun")

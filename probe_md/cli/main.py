@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import logging
 import sys
 import warnings
 from importlib import metadata
@@ -56,6 +57,24 @@ def _quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
 
 
+@contextlib.contextmanager
+def _library_progress_on_stdout():
+    """While a command runs, print what probe_md's modules log at INFO and above as plain stdout
+    lines, like the command's own output. Only the probe_md logger: other packages' INFO logs
+    (matplotlib's, mace's) stay hidden."""
+    logger = logging.getLogger("probe_md")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:  # main() may run many times in one process (tests): leave logging as it was
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
 def _import_mace_without_notice() -> None:
     """Import mace's Clebsch-Gordan module once with its cuequivariance notice dropped from
     stdout; anything else it prints still gets through."""
@@ -90,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if name in MACE_COMMANDS:
         _import_mace_without_notice()
     try:
-        return int(module.run(args) or 0)
+        with _library_progress_on_stdout():
+            return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
             NotADirectoryError, RuntimeError) as error:
         # Users get one line naming the problem; tracebacks are for bugs, not bad input.

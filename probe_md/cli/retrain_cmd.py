@@ -16,7 +16,36 @@ import shlex
 from pathlib import Path
 
 from probe_md.cli.common import add_reference_key_arguments, reference_keys
-from probe_md.loop.retrain import RetrainConfig
+from probe_md.loop.retrain import ConfigFieldError, RetrainConfig
+
+# option -> (RetrainConfig field, type, help): the option's default is the field's default
+TUNING_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "--max-old": ("max_old_frames", int, "replay at most this many old frames (default: all)"),
+    "--holdout-fraction": ("holdout_fraction", float,
+                           "new frames held out of training to report an honest error (default %(default)s)"),
+    "--new-valid-fraction": ("new_valid_fraction", float,
+                             "share of the remaining new frames put in mace's validation set, so its "
+                             "best-epoch pick also weighs the new region (default %(default)s)"),
+    "--epochs": ("epochs", int, "mace_run_train --max_num_epochs (default %(default)s)"),
+    "--batch-size": ("batch_size", int, "mace_run_train --batch_size, structures per step (default %(default)s)"),
+    "--lr": ("lr", float, "fine-tuning learning rate (default %(default)s)"),
+    "--ema-decay": ("ema_decay", float, "EMA of the weights during fine-tuning, 0 = off (default %(default)s)"),
+    "--seed": ("seed", int, "seed of the data splits and of mace_run_train (default %(default)s)"),
+    "--device": ("device", str, "torch device for fine-tuning, e.g. cuda (default %(default)s)"),
+    "--energy-weight": ("energy_weight", float,
+                        "mace_run_train --energy_weight (default %(default)s, the embedded Cu default's "
+                        "last training stage; match your foundation's)"),
+    "--forces-weight": ("forces_weight", float, "mace_run_train --forces_weight (default %(default)s)"),
+    "--new-frame-weight": ("new_frame_weight", float,
+                           "loss weight of each new frame relative to an old one (default %(default)s)"),
+    "--stress-weight": ("stress_weight", float,
+                        "also fit REF_stress with this weight (mace --loss=stress); 0 = energies and "
+                        "forces only (default %(default)s, as the embedded Cu default)"),
+    "--threshold": ("head_threshold", float,
+                    "head error threshold (eV/Å; default: --before-head's, else 2 x RMS error on --valid-data)"),
+    "--head-max-epochs": ("head_max_epochs", int,
+                          "epoch limit of the PROBE head refit (default: probe-md train's --max-epochs)"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,39 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the MLIP's validation data (also sets the head threshold: 2 x its RMS error)")
     parser.add_argument("--head-data", type=Path, nargs="*", default=None,
                         help="PROBE head training pool; without it the head is not refitted")
-    parser.add_argument("--max-old", type=int, default=RetrainConfig.max_old_frames,
-                        help="replay at most this many old frames (default: all)")
-    parser.add_argument("--holdout-fraction", type=float, default=RetrainConfig.holdout_fraction,
-                        help="new frames held out of training to report an honest error (default %(default)s)")
-    parser.add_argument("--new-valid-fraction", type=float, default=RetrainConfig.new_valid_fraction,
-                        help="share of the remaining new frames put in mace's validation set, so its "
-                             "best-epoch pick also weighs the new region (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=RetrainConfig.epochs,
-                        help="mace_run_train --max_num_epochs (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=RetrainConfig.batch_size,
-                        help="mace_run_train --batch_size, structures per step (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=RetrainConfig.lr,
-                        help="fine-tuning learning rate (default %(default)s)")
-    parser.add_argument("--ema-decay", type=float, default=RetrainConfig.ema_decay,
-                        help="EMA of the weights during fine-tuning, 0 = off (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=RetrainConfig.seed,
-                        help="seed of the data splits and of mace_run_train (default %(default)s)")
-    parser.add_argument("--device", default=RetrainConfig.device,
-                        help="torch device for fine-tuning, e.g. cuda (default %(default)s)")
-    parser.add_argument("--energy-weight", type=float, default=RetrainConfig.energy_weight,
-                        help="mace_run_train --energy_weight (default %(default)s, the embedded Cu default's "
-                             "last training stage; match your foundation's)")
-    parser.add_argument("--forces-weight", type=float, default=RetrainConfig.forces_weight,
-                        help="mace_run_train --forces_weight (default %(default)s)")
-    parser.add_argument("--new-frame-weight", type=float, default=RetrainConfig.new_frame_weight,
-                        help="loss weight of each new frame relative to an old one (default %(default)s)")
-    parser.add_argument("--stress-weight", type=float, default=RetrainConfig.stress_weight,
-                        help="also fit REF_stress with this weight (mace --loss=stress); 0 = energies and "
-                             "forces only (default %(default)s, as the embedded Cu default)")
-    parser.add_argument("--threshold", type=float, default=RetrainConfig.head_threshold,
-                        help="head error threshold (eV/Å; default: --before-head's, else 2 x RMS error on --valid-data)")
-    parser.add_argument("--head-max-epochs", type=int, default=RetrainConfig.head_max_epochs,
-                        help="epoch limit of the PROBE head refit (default: probe-md train's --max-epochs)")
+    for option, (field_name, value_type, help_text) in TUNING_OPTIONS.items():
+        parser.add_argument(option, type=value_type, default=getattr(RetrainConfig, field_name), help=help_text)
     parser.add_argument("--no-export", action="store_true", help="do not write the fused model")
     parser.add_argument("--mace-args", default="",
                         help="extra mace_run_train flags as one string, e.g. --mace-args='--ema --ema_decay=0.99'")
@@ -79,13 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probe_md.loop import run_on_rank_zero
+    from probe_md.mpi import run_on_rank_zero
 
     return run_on_rank_zero(lambda: _retrain(args))
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from probe_md.loop.retrain import RetrainConfig, default_foundation_model, format_report, retrain
+    from probe_md.loop.retrain import default_foundation_model, format_report, retrain
 
     using_default = args.foundation_model is None
     foundation = default_foundation_model() if using_default else args.foundation_model
@@ -99,7 +97,10 @@ def _retrain(args: argparse.Namespace) -> int:
         head_data = head_data if head_data is not None else [defaults.default_head_pool_path()]
         before_model = before_model or defaults.default_model_path()
         before_head = before_head or defaults.default_head_path()
-    config = RetrainConfig(
+    tuning = {field_name: getattr(args, option[2:].replace("-", "_"))
+              for option, (field_name, _, _) in TUNING_OPTIONS.items()}
+    tuning["ema_decay"] = tuning["ema_decay"] or None  # 0 = off
+    config = _config(
         foundation_model=foundation,
         new_data=args.new_data,
         out_dir=args.out,
@@ -108,25 +109,21 @@ def _retrain(args: argparse.Namespace) -> int:
         head_data=head_data or (),
         before_model=before_model,
         before_head=before_head,
-        max_old_frames=args.max_old,
-        holdout_fraction=args.holdout_fraction,
-        new_valid_fraction=args.new_valid_fraction,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        ema_decay=args.ema_decay or None,
-        seed=args.seed,
-        device=args.device,
-        head_threshold=args.threshold,
-        head_max_epochs=args.head_max_epochs,
-        energy_weight=args.energy_weight,
-        forces_weight=args.forces_weight,
-        new_frame_weight=args.new_frame_weight,
-        stress_weight=args.stress_weight,
         export=not args.no_export,
         extra_mace_args=shlex.split(args.mace_args),
         keys=reference_keys(args),
+        **tuning,
     )
     report = retrain(config)
     print(format_report(report))
     return 0
+
+
+def _config(**fields) -> RetrainConfig:
+    """RetrainConfig(**fields), its errors naming the command-line option instead of the field."""
+    try:
+        return RetrainConfig(**fields)
+    except ConfigFieldError as error:
+        options = {field_name: option for option, (field_name, _, _) in TUNING_OPTIONS.items()}
+        option = options.get(error.field, "--" + error.field.replace("_", "-"))
+        raise ValueError(f"{option} {error.problem}") from None

@@ -18,15 +18,11 @@ def parse_variable(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from probe_md.cli.monitor_options import add_monitor_arguments
     from probe_md.lammps.monitor import MonitorConfig
 
     parser.add_argument("input", type=Path, help="LAMMPS input script (uses pair_style probe/mace)")
-    parser.add_argument("--every", type=int, default=MonitorConfig.every,
-                        help=f"score every N MD steps (default {MonitorConfig.every})")
-    parser.add_argument("--threshold", type=float, default=MonitorConfig.threshold,
-                        help=f"flag a frame when P(reliable) falls below this (default {MonitorConfig.threshold})")
-    parser.add_argument("--patience", type=int, default=MonitorConfig.patience,
-                        help=f"halt after this many consecutive flagged checks (default {MonitorConfig.patience})")
+    add_monitor_arguments(parser)
     parser.add_argument("--on-drop", default=",".join(MonitorConfig.actions),
                         help="what to do on flagged checks: dump, halt, dump,halt or none (default dump,halt)")
     parser.add_argument("--every-when-low", type=int, default=None, metavar="N",
@@ -39,9 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "summary.json, last_trusted.restart, halt.restart, log.lammps (default "
                              "./probe_run); a folder holding an earlier run is refused unless "
                              "--overwrite or --from")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the earlier run in --out (removed only once the new input reaches "
-                             "its first run)")
     parser.add_argument("--from", dest="resume_from", type=Path, default=None, metavar="RESTART",
                         help="continue the input from this restart (e.g. OUT/last_trusted.restart), "
                              "appending to the logs in --out without duplicating steps")

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from probe_md.cli.common import add_cache_argument, add_reference_key_arguments, cache_dir, reference_keys
-from probe_md.labels import CRITERIA, DEFAULT_CRITERION
 from probe_md.pipeline import TrainRequest, train_probe
+from probe_md.reliability_labels import CRITERIA
 from probe_md.training import TrainingConfig
 
 
@@ -16,13 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="MACE model (default: embedded Cu)")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="labelled extxyz file(s)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="head file to write")
-    parser.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION,
+    parser.add_argument("--criterion", choices=CRITERIA, default=TrainRequest.criterion,
                         help="error measure that defines 'reliable' (default %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None, help="error threshold (eV/Å or eV/atom)")
+    parser.add_argument("--threshold", type=float, default=TrainRequest.threshold,
+                        help="error threshold, eV/Å or eV/atom (default: 2 x the RMS error on --in-domain, "
+                             "else on the best quarter of --data)")
     parser.add_argument(
         "--in-domain",
         type=Path,
-        default=None,
+        default=TrainRequest.in_domain_path,
         help="the MLIP's validation data: default threshold = 2 x its RMS error",
     )
     parser.add_argument("--max-epochs", type=int, default=TrainingConfig.max_epochs,

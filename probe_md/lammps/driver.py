@@ -387,7 +387,7 @@ def _signal_name(signal_number: int) -> str:
 
 
 def _import_lammps():
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
 
     return import_lammps()
 

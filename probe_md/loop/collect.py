@@ -197,47 +197,16 @@ def collect_flagged(
         raise ValueError(f"--max must be a positive number of frames, got {max_frames}")
     if min_distance < 0:
         raise ValueError(f"--min-distance must be >= 0, got {min_distance}")
-    frames: list[ase.Atoms] = []
-    per_run: dict[str, int] = {}
-    warnings: list[str] = []
-    read = 0
-    for run in runs:
-        run_frames, warning = read_flagged_frames(run)
-        per_run[str(run)] = len(run_frames)
-        read += len(run_frames)
-        if warning:
-            warnings.append(warning)
-        frames.extend(_finite_frames(run, run_frames, warnings))
-    if not frames:
-        what = "finite flagged frames" if read else "flagged frames"
-        raise ValueError(f"no {what} in {', '.join(map(str, runs))}: nothing to collect")
-
+    frames, read, per_run, warnings = read_runs(runs)
     physical = [a for a in frames if closest_pair_fraction(a) >= min_bond_fraction]
     if not physical:
         raise ValueError(
             f"all {len(frames)} flagged frames have collapsed atoms (closer than {min_bond_fraction} x "
             "covalent radii): explore at milder conditions, or lower --min-bond-fraction"
         )
-    unique: list[ase.Atoms] = []
-    seen: set[str] = set()
-    for atoms in physical:
-        key = structure_key(atoms)
-        if key not in seen:
-            seen.add(key)
-            unique.append(atoms)
-
-    predictions = predict_dataset(backbone, unique, description="collect features", progress=progress)
-    descriptors = pooled_descriptors(predictions)
-    # Start from the least reliable frame; the logit still orders frames whose probability
-    # underflowed to 0.
-    unreliability = np.array(
-        [float(a.info.get(INFO_LOGIT, a.info.get(INFO_RELIABILITY, np.inf))) for a in unique]
-    )
-    start = int(np.argmin(unreliability)) if np.isfinite(unreliability).any() else 0
-    # Without a cap, FPS runs until only near-duplicates are left: that is the de-duplication.
-    distinct, _ = farthest_point_sampling(descriptors, None, min_distance, start)
+    unique = drop_exact_duplicates(physical)
+    distinct = diverse_order(unique, backbone, min_distance, progress)
     selected = distinct if max_frames is None else distinct[:max_frames]
-
     chosen = []
     for order, index in enumerate(selected):
         atoms = unique[index].copy()
@@ -254,6 +223,50 @@ def collect_flagged(
         frames_per_run=per_run,
         warnings=warnings,
     )
+
+
+def read_runs(runs: Sequence[str | os.PathLike]) -> tuple[list[ase.Atoms], int, dict[str, int], list[str]]:
+    """(finite frames of all runs, frames read, frames read per run, warnings); an error when
+    no run holds a finite frame."""
+    frames: list[ase.Atoms] = []
+    per_run: dict[str, int] = {}
+    warnings: list[str] = []
+    for run in runs:
+        run_frames, warning = read_flagged_frames(run)
+        per_run[str(run)] = len(run_frames)
+        if warning:
+            warnings.append(warning)
+        frames.extend(_finite_frames(run, run_frames, warnings))
+    read = sum(per_run.values())
+    if not frames:
+        what = "finite flagged frames" if read else "flagged frames"
+        raise ValueError(f"no {what} in {', '.join(map(str, runs))}: nothing to collect")
+    return frames, read, per_run, warnings
+
+
+def drop_exact_duplicates(frames: Sequence[ase.Atoms]) -> list[ase.Atoms]:
+    """The first of every set of identical frames (same `structure_key`), in order."""
+    unique: dict[str, ase.Atoms] = {}
+    for atoms in frames:
+        unique.setdefault(structure_key(atoms), atoms)
+    return list(unique.values())
+
+
+def diverse_order(
+    frames: Sequence[ase.Atoms], backbone: Backbone, min_distance: float, progress: bool = True
+) -> list[int]:
+    """Indices of `frames` in farthest-point order in the backbone's feature space, starting
+    from the least reliable frame, without near-duplicates (closer than `min_distance`)."""
+    predictions = predict_dataset(backbone, frames, description="collect features", progress=progress)
+    descriptors = pooled_descriptors(predictions)
+    # The logit still orders frames whose probability underflowed to 0.
+    unreliability = np.array(
+        [float(a.info.get(INFO_LOGIT, a.info.get(INFO_RELIABILITY, np.inf))) for a in frames]
+    )
+    start = int(np.argmin(unreliability)) if np.isfinite(unreliability).any() else 0
+    # Without a cap, FPS runs until only near-duplicates are left: that is the de-duplication.
+    distinct, _ = farthest_point_sampling(descriptors, None, min_distance, start)
+    return distinct
 
 
 def write_extxyz_atomic(path: str | os.PathLike, structures: Sequence[ase.Atoms]) -> Path:

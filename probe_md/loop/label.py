@@ -17,20 +17,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Final, Sequence
+from typing import Callable, Final, Iterator, Sequence
 
 import ase
 import ase.io
 import numpy as np
 from tqdm.auto import tqdm
 
-from probe_md.io_utils import check_output_path
+from probe_md.io_utils import append_and_fsync, check_output_path
 from probe_md.loop.collect import INFO_RUN, structure_key, write_extxyz_atomic
 from probe_md.structures import ReferenceKeys
 
 INFO_FRAME_KEY: Final[str] = "frame_key"  # str, sha256 of species/positions/cell/pbc
 INFO_LABEL_CALCULATOR: Final[str] = "label_calculator"  # str, the --calculator spec
-STRESS_KEY: Final[str] = "REF_stress"  # info, Voigt-6 eV/Å³ (ASE sign), periodic cells only
 
 CalculatorFactory = Callable[[], object]
 
@@ -113,19 +112,6 @@ def frame_text(atoms: ase.Atoms) -> str:
     return buffer.getvalue()
 
 
-def append_frame(path: Path, atoms: ase.Atoms) -> None:
-    """Append one complete frame with a single write on an O_APPEND descriptor, then fsync."""
-    data = frame_text(atoms).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_partial(path: Path) -> tuple[list[ase.Atoms], int]:
     """Complete frames of a partial file and the byte length they occupy.
 
@@ -175,7 +161,7 @@ def label_one(atoms: ase.Atoms, calculator, keys: ReferenceKeys = ReferenceKeys(
     labelled.info[keys.energy] = energy
     labelled.arrays[keys.forces] = forces
     if stress is not None and np.all(np.isfinite(stress)):
-        labelled.info[STRESS_KEY] = stress
+        labelled.info[keys.stress] = stress
     return labelled
 
 
@@ -216,58 +202,80 @@ def label_frames(
     files = LabelFiles(Path(output))
     check_output_path(files.output, "labelled output file")
     frame_keys = [structure_key(atoms) for atoms in frames]
+    done = labelled_so_far(files, calculator_name)
+    already_done = len(set(frame_keys) & set(done))
+    result = LabelResult(total=len(frames), already_done=already_done, labelled_now=0, files=files)
+    todo = _first_unlabelled(frame_keys, done)
+    # Failed frames are retried on every run, so the failures file describes this pass only.
+    with open(files.failures, "w", encoding="utf-8") as failures_log, tqdm(
+        total=already_done + len(todo), initial=already_done, desc="label", unit="frame", disable=not progress
+    ) as bar:
+        for key, outcome in _label_each(frames, todo, make_calculator, keys):
+            bar.update(1)
+            if isinstance(outcome, dict):  # a failure record
+                result.failures.append(outcome)
+                failures_log.write(json.dumps(outcome) + "\n")
+                failures_log.flush()
+                continue
+            outcome.info[INFO_FRAME_KEY] = key
+            if calculator_name:
+                outcome.info[INFO_LABEL_CALCULATOR] = calculator_name
+            append_and_fsync(files.partial, frame_text(outcome).encode("utf-8"))
+            done[key] = outcome
+            result.labelled_now += 1
+    _write_output(files, [done[key] for key in frame_keys if key in done], result)
+    return result
 
+
+def labelled_so_far(files: LabelFiles, calculator_name: str) -> dict[str, ase.Atoms]:
+    """{frame key: labelled frame} from an earlier finished output and the partial file, by this
+    calculator only (labels of another calculator are redone). Drops a torn last frame."""
     done_frames, good_bytes = read_partial(files.partial)
     if files.partial.is_file() and files.partial.stat().st_size != good_bytes:
         os.truncate(files.partial, good_bytes)  # drop a torn last frame before appending
     done: dict[str, ase.Atoms] = {}
     for atoms in _finished_output(files.output) + done_frames:
         key = atoms.info.get(INFO_FRAME_KEY)
-        same_calculator = atoms.info.get(INFO_LABEL_CALCULATOR, calculator_name) == calculator_name
-        if isinstance(key, str) and same_calculator:  # labels of another calculator are redone
+        if isinstance(key, str) and atoms.info.get(INFO_LABEL_CALCULATOR, calculator_name) == calculator_name:
             done.setdefault(key, atoms)
-    already_done = len(set(frame_keys) & set(done))
+    return done
 
-    todo: list[tuple[int, str]] = []  # first index of every distinct, not yet labelled frame
-    queued: set[str] = set()
+
+def _first_unlabelled(frame_keys: Sequence[str], done: dict[str, ase.Atoms]) -> list[tuple[int, str]]:
+    """(first index, key) of every distinct frame not labelled yet."""
+    todo: dict[str, int] = {}
     for index, key in enumerate(frame_keys):
-        if key not in done and key not in queued:
-            queued.add(key)
-            todo.append((index, key))
+        if key not in done:
+            todo.setdefault(key, index)
+    return [(index, key) for key, index in todo.items()]
 
-    # Failed frames are retried on every run, so the failures file describes this pass only.
-    with open(files.failures, "w", encoding="utf-8") as failures_log:
-        result = LabelResult(total=len(frames), already_done=already_done, labelled_now=0, files=files)
-        calculator = None
-        bar = tqdm(total=already_done + len(todo), initial=already_done, desc="label",
-                   unit="frame", disable=not progress)
+
+def _label_each(
+    frames: Sequence[ase.Atoms], todo: Sequence[tuple[int, str]], make_calculator: CalculatorFactory,
+    keys: ReferenceKeys,
+) -> Iterator[tuple[str, ase.Atoms | dict]]:
+    """(key, labelled copy) or, when the calculator fails on it, (key, failure record) per frame.
+
+    One calculator labels frame after frame; after a failure a fresh one is made, as the old
+    one may be in a bad state. One bad frame never stops the others.
+    """
+    calculator = None
+    for index, key in todo:
+        atoms = frames[index].copy()
+        atoms.calc = None
         try:
-            for index, key in todo:
-                atoms = frames[index].copy()
-                atoms.calc = None
-                try:
-                    if calculator is None:
-                        calculator = make_calculator()
-                    labelled = label_one(atoms, calculator, keys)
-                except Exception as error:  # one bad frame must not stop the others
-                    record = _failure_record(index, key, atoms, error)
-                    result.failures.append(record)
-                    failures_log.write(json.dumps(record) + "\n")
-                    failures_log.flush()
-                    calculator = None  # a calculator that failed may be in a bad state
-                    bar.update(1)
-                    continue
-                labelled.info[INFO_FRAME_KEY] = key
-                if calculator_name:
-                    labelled.info[INFO_LABEL_CALCULATOR] = calculator_name
-                append_frame(files.partial, labelled)
-                done[key] = labelled
-                result.labelled_now += 1
-                bar.update(1)
-        finally:
-            bar.close()
+            if calculator is None:
+                calculator = make_calculator()
+            labelled = label_one(atoms, calculator, keys)
+        except Exception as error:
+            calculator = None
+            yield key, _failure_record(index, key, atoms, error)
+            continue
+        yield key, labelled
 
-    labelled_frames = [done[key] for key in frame_keys if key in done]
+
+def _write_output(files: LabelFiles, labelled_frames: list[ase.Atoms], result: LabelResult) -> None:
+    """The output in input order; the partial and failures files go once nothing failed."""
     if labelled_frames:
         write_extxyz_atomic(files.output, labelled_frames)
     result.written = len(labelled_frames)
@@ -275,4 +283,3 @@ def label_frames(
         files.failures.unlink(missing_ok=True)
         if labelled_frames:
             files.partial.unlink(missing_ok=True)
-    return result

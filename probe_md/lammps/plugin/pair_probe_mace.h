@@ -6,8 +6,8 @@
 
 #include "pair.h"
 
-#include <torch/script.h>
-
+#include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,8 +39,12 @@ class PairProbeMace : public Pair {
   std::vector<double> type_atomic_number;  // [ntypes+1] Z of each type's pair_coeff element
 
  protected:
-  torch::jit::script::Module model;
-  torch::Device device;
+  // The torch state (module, device, the step's tensors) is defined in pair_probe_mace.cpp only:
+  // files that include this header, such as compute probe/reliability, compile without torch.
+  struct Impl;
+  std::unique_ptr<Impl> impl;
+  struct StagedPass;                       // tensors of one layer-by-layer pass (exchange yes)
+
   std::string model_file;
   double r_max;
   int num_layers, num_heads, value_dim;
@@ -56,21 +60,38 @@ class PairProbeMace : public Pair {
   double *comm_rows;                       // [nall, comm_width] rows being exchanged
   int comm_width;
   // Graph buffers, reused between steps.
-  std::vector<int> hop, node_of_atom, atom_of_node;
+  std::vector<int> hop, node_of_atom, atom_of_node;  // whole-graph path
   std::vector<int64_t> senders, receivers;
   std::vector<double> edge_vectors;        // [nedges * 3], staged path
 
   void allocate();
-  void choose_threads_and_device(const char *device_name);
+  std::string parse_settings(int narg, char **arg);
+  void choose_threads_and_device(const std::string &device_name);
+  void load_model();
+  void read_model_metadata();
+  void choose_exchange();
   bool is_scoring_step() const;
-  // Both add forces to atom->f (ghost rows included) and return local node energies and,
-  // on scoring steps, the head's per-atom terms.
-  void compute_whole_graph(bool scoring, torch::Tensor &node_energy, torch::Tensor &scores,
-                           torch::Tensor &values);
-  void compute_staged(bool scoring, torch::Tensor &node_energy, torch::Tensor &scores,
-                      torch::Tensor &values);
-  void exchange_rows(torch::Tensor &rows, bool forward);
-  void pool_and_score(const torch::Tensor &scores, const torch::Tensor &values, int nlocal);
+  int64_t species_of_atom(int i) const;
+
+  // Both add forces to atom->f (ghost rows included) and leave in impl the local node
+  // energies and, on scoring steps, the head's per-atom terms.
+  void compute_whole_graph(bool scoring);
+  void build_whole_graph();
+  void add_node_forces(const double *forces);
+  void compute_staged(bool scoring);
+  void exchange_on_empty_rank();
+  void build_local_edges();
+  void staged_inputs(StagedPass &pass);
+  void staged_forward(StagedPass &pass);
+  void staged_energy(StagedPass &pass);
+  void staged_backward(StagedPass &pass);
+  void staged_edge_forces(StagedPass &pass);
+  void add_edge_forces(const double *edge_grad);
+  void staged_head_terms(StagedPass &pass);
+  void exchange_rows(double *rows, int width, bool forward);
+
+  void tally_energies(bool scoring);
+  void pool_and_score(int nlocal);
 };
 
 }    // namespace LAMMPS_NS

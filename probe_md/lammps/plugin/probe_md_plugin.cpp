@@ -6,7 +6,9 @@
 #include "compute_probe_reliability.h"
 #include "pair_probe_mace.h"
 
+#include "error.h"
 #include "lammps.h"
+#include "library.h"
 
 using namespace LAMMPS_NS;
 
@@ -44,8 +46,26 @@ static Compute *compute_probe_reliability_creator(LAMMPS *lmp, int argc, char **
   return new ComputeProbeReliability(lmp, argc, argv);
 }
 
+/* The plugin was compiled with the integer sizes of the liblammps it was built against (CMake
+   picks LAMMPS_SMALLBIG etc. from them); a LAMMPS built otherwise lays out its classes
+   differently, so the plugin refuses to load into it. */
+static void check_integer_sizes(LAMMPS *lmp)
+{
+  const int bigint_bytes = lammps_extract_setting(lmp, "bigint");
+  const int tagint_bytes = lammps_extract_setting(lmp, "tagint");
+  const int imageint_bytes = lammps_extract_setting(lmp, "imageint");
+  if (bigint_bytes != static_cast<int>(sizeof(bigint)) ||
+      tagint_bytes != static_cast<int>(sizeof(tagint)) ||
+      imageint_bytes != static_cast<int>(sizeof(imageint)))
+    lmp->error->all(FLERR, "plugin load: the probe-md plugin was built for bigint/tagint/imageint "
+                    "of {}/{}/{} bytes, but this LAMMPS has {}/{}/{}: rebuild it against this "
+                    "LAMMPS", sizeof(bigint), sizeof(tagint), sizeof(imageint), bigint_bytes,
+                    tagint_bytes, imageint_bytes);
+}
+
 extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 {
+  check_integer_sizes(static_cast<LAMMPS *>(lmp));
   lammpsplugin_t plugin;
   auto register_plugin = (lammpsplugin_regfunc) regfunc;
 

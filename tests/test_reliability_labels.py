@@ -3,7 +3,7 @@ import pytest
 from ase import Atoms
 
 from probe_md.backbone.base import StructurePrediction
-from probe_md.labels import class_balance, default_threshold, label_reliable, structure_errors
+from probe_md.reliability_labels import class_balance, default_threshold, label_reliable, structure_errors
 
 
 def _pair():
