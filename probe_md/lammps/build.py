@@ -55,7 +55,7 @@ def lammps_integer_sizes() -> tuple[int, int, int]:
     The plugin must be compiled with the same LAMMPS_SMALLBIG / BIGBIG / SMALLSMALL setting as
     liblammps: class layouts (atom->natoms, update->ntimestep, ...) depend on it.
     """
-    from probe_md.lammps_runtime import import_lammps
+    from probe_md.lammps.runtime import import_lammps
 
     import_lammps()  # torch first, then libmpi, as for any LAMMPS in this process
     library = ctypes.CDLL(str(_package_dir("lammps") / "liblammps.so"))
