@@ -359,6 +359,18 @@ class ReliabilityMonitor:
         return summary
 
 
+# summary key -> how the console names it (front ends add these; absent ones are skipped)
+SUMMARY_LINES: Final[tuple[tuple[str, str], ...]] = (
+    ("restart", "restart"),
+    ("last_trusted_restart", "last trusted restart"),
+    ("last_trusted_step", "last trusted step"),
+    ("stopped_by", "stopped by"),
+    ("temperature_k", "temperature when it stopped (K)"),
+    ("steps_per_second", "steps per second"),
+    ("wall_seconds", "wall seconds"),
+)
+
+
 def format_summary(summary: dict) -> str:
     """A few human-readable lines."""
     min_rel = summary["min_reliability"]
@@ -370,10 +382,9 @@ def format_summary(summary: dict) -> str:
         f"  frames written: {summary['frames_written']}; "
         + (f"halted at step {summary['halt_step']}" if summary["halted"] else "ran to completion"),
     ]
-    for key in ("restart", "last_trusted_restart", "last_trusted_step", "stopped_by",
-                "temperature_k", "steps_per_second", "wall_seconds"):
+    for key, label in SUMMARY_LINES:
         if summary.get(key) is not None:
-            lines.append(f"  {key.replace('_', ' ')}: {summary[key]}")
+            lines.append(f"  {label}: {summary[key]}")
     for name, path in (summary.get("files") or {}).items():
         if path:
             lines.append(f"  {name}: {path}")
