@@ -37,3 +37,22 @@ class ThermalStandIn:
         mean = total / count if count and total > 0 else 1.0
         logit = (self.midpoint_k - float(temperature)) / self.width_k
         return Reading(1.0 / (1.0 + math.exp(-logit)), logit, kinetic / mean)
+
+
+def write_tiny_fused_model(folder):
+    """A tiny random MACE (r_max 3 Å, 2 layers) + a random 2-head PROBE head, fused for the
+    plugin and the ML-IAP class; returns the fused file's path."""
+    import torch
+
+    from probe_md.backbone.mace import save_mace_model
+    from probe_md.backbone.mace_factory import build_mace_model
+    from probe_md.head import HeadConfig, ProbeHead
+    from probe_md.lammps.export import export_fused_model
+    from probe_md.training import HeadInfo, save_head
+
+    metadata = save_mace_model(build_mace_model(seed=0, r_max=3.0), folder / "mace.pt")
+    torch.manual_seed(0)
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=2, value_dim=4))
+    save_head(head.eval(), HeadInfo(criterion="t", threshold=0.0, backbone_fingerprint="t"), folder / "head.pt")
+    export_fused_model(folder / "mace.pt", folder / "head.pt", folder / "fused.pt")
+    return folder / "fused.pt"

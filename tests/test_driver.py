@@ -18,7 +18,7 @@ import pytest
 from probe_md.lammps.driver import Reading, RunOptions, run_lammps_input
 from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE
 from probe_md.lammps.runtime import import_lammps
-from stand_ins import ThermalStandIn
+from stand_ins import ThermalStandIn, write_tiny_fused_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_two_ranks_agree_and_gather_whole_frames(heat_input, tmp_path):
     script.write_text(
         "import json, sys\n"
         "from probe_md.lammps.driver import run_lammps_input\n"
-        "from stand_ins import ThermalStandIn\n"
+        "from stand_ins import ThermalStandIn, write_tiny_fused_model\n"
         f"s = run_lammps_input({str(heat_input)!r}, every=10, threshold=0.5, patience=3,\n"
         f"    out_dir={str(tmp_path / 'mpi')!r}, variables={{'T0': 300, 'NSTEPS': 3000}},\n"
         "    source=ThermalStandIn(midpoint_k=1200), screen=False, print_summary=False)\n"
@@ -173,21 +173,7 @@ def _plugin_or_skip() -> Path:
 @pytest.fixture(scope="module")
 def tiny_fused(tmp_path_factory):
     _plugin_or_skip()
-    import torch
-
-    from probe_md.backbone.mace import save_mace_model
-    from probe_md.backbone.mace_factory import build_mace_model
-    from probe_md.lammps.export import export_fused_model
-    from probe_md.head import HeadConfig, ProbeHead
-    from probe_md.training import HeadInfo, save_head
-
-    folder = tmp_path_factory.mktemp("fused")
-    metadata = save_mace_model(build_mace_model(seed=0, r_max=3.0), folder / "mace.pt")
-    torch.manual_seed(0)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=2, value_dim=4))
-    save_head(head.eval(), HeadInfo(criterion="t", threshold=0.0, backbone_fingerprint="t"), folder / "head.pt")
-    export_fused_model(folder / "mace.pt", folder / "head.pt", folder / "fused.pt")
-    return folder / "fused.pt"
+    return write_tiny_fused_model(tmp_path_factory.mktemp("fused"))
 
 
 def test_plugin_run_halts_through_the_real_compute(tiny_fused, tmp_path):

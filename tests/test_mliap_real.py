@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from probe_md.cache import cache_root
+from stand_ins import write_tiny_fused_model
 
 pytestmark = pytest.mark.mliap
 
@@ -169,21 +170,10 @@ def fake_attributes() -> set[str]:
 @pytest.fixture(scope="module")
 def cu_data(tmp_path_factory):
     """108 fcc Cu atoms (a = 3.61 Å, rattled), fixed ids 1..108 in a data file; the tiny fused model."""
-    import torch
     from ase.build import bulk
 
-    from probe_md.backbone.mace import save_mace_model
-    from probe_md.backbone.mace_factory import build_mace_model
-    from probe_md.head import HeadConfig, ProbeHead
-    from probe_md.lammps.export import export_fused_model
-    from probe_md.training import HeadInfo, save_head
-
     folder = tmp_path_factory.mktemp("mliap_real")
-    metadata = save_mace_model(build_mace_model(seed=0, r_max=3.0), folder / "mace.pt")
-    torch.manual_seed(0)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=2, value_dim=4))
-    save_head(head.eval(), HeadInfo(criterion="t", threshold=0.0, backbone_fingerprint="t"), folder / "head.pt")
-    export_fused_model(folder / "mace.pt", folder / "head.pt", folder / "fused.pt")
+    write_tiny_fused_model(folder)
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
     atoms.rattle(0.05, seed=7)
