@@ -18,8 +18,10 @@ from probe_md.training import load_head
 
 class ProbeCalculator(Calculator):
     """MACE + PROBE. Extra results: `reliability` (calibrated probability that the MLIP is
-    reliable), `reliability_logit`, per-atom `importance` (1 = average atom) and per-atom
-    `attention` [n_atoms, heads]. `dtype` ("float32" or "float64", default: the model's own)
+    reliable), `reliability_logit`, `predicted_error` (the head's estimate of the structure's
+    error in its criterion's units, e.g. force RMSE in eV/Å) with `predicted_error_interval`
+    (lower, upper of an 80 % interval; NaN for heads trained without errors), per-atom
+    `importance` (1 = average atom) and per-atom `attention` [n_atoms, heads]. `dtype` ("float32" or "float64", default: the model's own)
     runs the MACE model and the head in that precision."""
 
     implemented_properties = [
@@ -30,6 +32,8 @@ class ProbeCalculator(Calculator):
         "stress",
         "reliability",
         "reliability_logit",
+        "predicted_error",
+        "predicted_error_interval",
         "importance",
         "attention",
     ]
@@ -64,6 +68,7 @@ class ProbeCalculator(Calculator):
         out = self.backbone.forward_batch([self.atoms], compute_stress=want_stress)
         with torch.no_grad():
             head_out = self.head(out["features"], out["batch"], 1)
+            lower, median, upper = self.head.readout_error(head_out.pooled)[0].double().tolist()
         self.results = {
             "energy": float(out["energy"][0]),
             "free_energy": float(out["energy"][0]),
@@ -71,6 +76,8 @@ class ProbeCalculator(Calculator):
             "forces": out["forces"].cpu().numpy().astype(np.float64),
             "reliability": float(torch.sigmoid(head_out.logits[0])),
             "reliability_logit": float(head_out.logits[0]),
+            "predicted_error": median,
+            "predicted_error_interval": np.array([lower, upper]),
             "importance": atom_importance(head_out.attention).cpu().numpy().astype(np.float64),
             "attention": head_out.attention.cpu().numpy().astype(np.float64),
         }

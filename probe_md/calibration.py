@@ -1,4 +1,5 @@
-"""Post-hoc calibration of the head's logit: temperature scaling with a bias term.
+"""Post-hoc calibration of the head's logit: temperature scaling with a bias term, and
+recalibration on a user's own frames (temperature + bias or isotonic, chosen by held-out NLL).
 
 The bias is needed because the head is trained with a class-balanced loss, which shifts
 its logits by the log prior ratio; temperature alone cannot undo a shift.
@@ -6,7 +7,11 @@ its logits by the log prior ratio; temperature alone cannot undo a shift.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from scipy.optimize import isotonic_regression
 
 
 def fit_temperature_and_bias(
@@ -33,3 +38,92 @@ def fit_temperature_and_bias(
         # A degenerate calibration split (one class, separable) runs away: keep identity.
         return 1.0, 0.0
     return temperature, float(bias.detach())
+
+
+# ----------------------------------------------------------------------------- recalibration
+# Isotonic needs enough frames of both classes to beat two parameters out of sample; below
+# this many the choice is temperature + bias without trying it.
+MIN_FRAMES_FOR_ISOTONIC = 40
+CALIBRATION_FOLDS = 5
+PROBABILITY_FLOOR = 1e-3  # isotonic steps are clipped to [floor, 1 - floor] (finite logits)
+
+
+@dataclass(frozen=True)
+class LogitMap:
+    """A monotone map of a logit: (logit + bias) / temperature, then the knots if any."""
+
+    kind: str  # "temperature" or "isotonic"
+    temperature: float = 1.0
+    bias: float = 0.0
+    knots_x: tuple[float, ...] = ()
+    knots_y: tuple[float, ...] = ()
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        mapped = (np.asarray(logits, dtype=float) + self.bias) / self.temperature
+        if len(self.knots_x) > 1:
+            mapped = np.interp(mapped, self.knots_x, self.knots_y)  # constant beyond the ends
+        return mapped
+
+
+def fit_isotonic(logits: np.ndarray, is_reliable: np.ndarray) -> LogitMap:
+    """Isotonic regression of the label on the logit, as knots (block centres, logit of the
+    block's reliable fraction) joined linearly."""
+    order = np.argsort(logits, kind="stable")
+    x, y = np.asarray(logits, float)[order], np.asarray(is_reliable, float)[order]
+    fitted = isotonic_regression(y).x
+    starts = np.flatnonzero(np.r_[True, np.diff(fitted) != 0])
+    ends = np.r_[starts[1:], len(x)]
+    centres = np.array([x[a:b].mean() for a, b in zip(starts, ends)])
+    fractions = np.clip(fitted[starts], PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return LogitMap("isotonic", knots_x=tuple(centres), knots_y=tuple(np.log(fractions / (1 - fractions))))
+
+
+def fit_logit_map(kind: str, logits: np.ndarray, is_reliable: np.ndarray) -> LogitMap:
+    if kind == "isotonic":
+        return fit_isotonic(logits, is_reliable)
+    temperature, bias = fit_temperature_and_bias(torch.as_tensor(logits), torch.as_tensor(is_reliable))
+    return LogitMap("temperature", temperature, bias)
+
+
+def binary_nll(logits: np.ndarray, is_reliable: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels under sigmoid(logits)."""
+    logits = np.asarray(logits, float)
+    signed = np.where(np.asarray(is_reliable, bool), logits, -logits)
+    return float(np.mean(np.logaddexp(0.0, -signed)))
+
+
+def out_of_fold_logits(kind: str, logits: np.ndarray, is_reliable: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Each frame's logit mapped by a map fitted on the other folds (stratified by class)."""
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(logits), dtype=int)
+    for label in (True, False):
+        members = rng.permutation(np.flatnonzero(is_reliable == label))
+        fold_of[members] = np.arange(len(members)) % folds
+    mapped = np.empty(len(logits))
+    for fold in range(folds):
+        held_out = fold_of == fold
+        fitted = fit_logit_map(kind, logits[~held_out], is_reliable[~held_out])
+        mapped[held_out] = fitted.apply(logits[held_out])
+    return mapped
+
+
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """The map fitted on all frames, how each kind did out of sample, and its out-of-fold logits."""
+
+    chosen: LogitMap
+    held_out_nll: dict[str, float]
+    out_of_fold_logits: np.ndarray  # of the chosen kind: each frame mapped without seeing it
+
+
+def choose_logit_map(logits: np.ndarray, is_reliable: np.ndarray, folds: int = CALIBRATION_FOLDS) -> CalibrationChoice:
+    """Temperature + bias, or isotonic when there are enough frames: the lower held-out NLL."""
+    logits, is_reliable = np.asarray(logits, float), np.asarray(is_reliable, bool)
+    folds = min(folds, int(is_reliable.sum()), int((~is_reliable).sum()))
+    if folds < 2:
+        raise ValueError("recalibration needs at least 2 reliable and 2 unreliable frames")
+    kinds = ["temperature"] + (["isotonic"] if len(logits) >= MIN_FRAMES_FOR_ISOTONIC else [])
+    out_of_fold = {kind: out_of_fold_logits(kind, logits, is_reliable, folds) for kind in kinds}
+    nll = {kind: binary_nll(mapped, is_reliable) for kind, mapped in out_of_fold.items()}
+    best = min(nll, key=nll.get)
+    return CalibrationChoice(fit_logit_map(best, logits, is_reliable), nll, out_of_fold[best])

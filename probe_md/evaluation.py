@@ -15,6 +15,7 @@ from probe_md import metrics, plots
 from probe_md.backbone import load_backbone
 from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.baselines import FeatureDensity, ensemble_disagreement
+from probe_md.error_prediction import interval_coverage
 from probe_md.features import predict_dataset
 from probe_md.head import ProbeHead
 from probe_md.io_utils import atomic_write_text, check_output_path
@@ -49,7 +50,8 @@ def evaluate(request: EvaluateRequest) -> dict:
     errors = structure_errors(predictions, structures, criterion, request.keys)
     is_reliable = label_reliable(errors, threshold)
     features = [p.features for p in predictions]
-    p_reliable = ProbeClassifier.from_head(head).predict_proba(features)[:, 1]
+    classifier = ProbeClassifier.from_head(head)
+    p_reliable = classifier.predict_proba(features)[:, 1]
     scores = {"PROBE (1 - p)": 1.0 - p_reliable, **baseline_scores(request, structures, predictions, info)}
     diagram = metrics.reliability_diagram(p_reliable, is_reliable, request.calibration_bins)
     binned = metrics.binned_error_by_probability(p_reliable, errors)
@@ -76,10 +78,25 @@ def evaluate(request: EvaluateRequest) -> dict:
             "is_monotone": bool(binned.is_monotone),
         },
     }
+    if criterion == info.criterion:  # the head predicts the error of its own criterion
+        report["probe_predicted_error"] = predicted_error_report(classifier.predict_error(features), errors)
     if request.plots_dir is not None:
         curves = {name: metrics.risk_coverage(-s, ~is_reliable) for name, s in scores.items()}
         report["plots"] = write_plots(Path(request.plots_dir), curves, diagram, p_reliable, errors, threshold)
     return report
+
+
+def predicted_error_report(predicted: np.ndarray, errors: np.ndarray) -> dict:
+    """How the head's predicted error (median, 80 % interval) matches the actual error."""
+    if not np.all(np.isfinite(predicted)):
+        return {"available": False}
+    return {
+        "available": True,
+        "spearman": metrics.spearman(predicted[:, 1], errors),
+        "interval_coverage": interval_coverage(predicted, errors),
+        "median_abs_log_ratio": float(np.median(np.abs(np.log(predicted[:, 1] / np.maximum(errors, 1e-12))))),
+        "median_interval_width_ratio": float(np.median(predicted[:, 2] / predicted[:, 0])),
+    }
 
 
 def load_matching_head(head_path: Path, model_path: Path) -> tuple[ProbeHead, HeadInfo, Backbone]:
@@ -153,11 +170,22 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         f"PROBE calibration: ECE = {report['probe_calibration']['ece']:.3f}",
+        *_predicted_error_lines(report.get("probe_predicted_error")),
         "PROBE error by probability bin (p -> mean error): "
         + ", ".join(f"{p:.2f}->{e:.3g}" for p, e in zip(binned["p_mean"], binned["error_mean"]))
         + (" (monotone)" if binned["is_monotone"] else " (NOT monotone)"),
     ]
     return "\n".join(lines)
+
+
+def _predicted_error_lines(section: dict | None) -> list[str]:
+    if not section or not section["available"]:
+        return []
+    return [
+        f"PROBE predicted error: Spearman {section['spearman']:.3f} with the actual error, 80 % interval covers "
+        f"{100 * section['interval_coverage']:.0f} % (median upper/lower {section['median_interval_width_ratio']:.2f}x, "
+        f"median |log(pred/actual)| {section['median_abs_log_ratio']:.2f})"
+    ]
 
 
 def write_json(report: dict, path: str | os.PathLike) -> None:

@@ -4,6 +4,11 @@ The pooling is written as partial sums (per-head max, sum of exp, sum of exp * v
 that any partition of a structure's atoms (batches here, MPI ranks in LAMMPS) can be
 pooled separately and merged exactly: that is what makes the score rank-count invariant.
 A positive logit means "the MLIP prediction is reliable".
+
+Two more readouts share the pooled vector: an optional monotone piecewise-linear map of the
+calibrated logit (isotonic recalibration, `probe-md calibrate`), and the predicted error:
+quantiles 10/50/90 % of log(error) in the criterion's units, the interval widened by a
+conformal offset so that it covers 80 % of held-out structures.
 """
 
 from __future__ import annotations
@@ -85,9 +90,24 @@ def finish_pool(pool: PartialPool) -> torch.Tensor:
     return pooled.reshape(pooled.shape[0], -1)
 
 
+def piecewise_linear(x: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
+    """Interpolate y(x) through increasing knots; constant beyond the end knots."""
+    x_clamped = torch.clamp(x, knots_x[0], knots_x[-1])
+    right = torch.clamp(torch.searchsorted(knots_x, x_clamped.contiguous()), 1, knots_x.shape[0] - 1)
+    x0, x1 = knots_x[right - 1], knots_x[right]
+    y0, y1 = knots_y[right - 1], knots_y[right]
+    fraction = (x_clamped - x0) / torch.clamp(x1 - x0, min=1e-12)
+    return y0 + fraction * (y1 - y0)
+
+
+# The predicted-error readout's quantile levels (lower, median, upper): an 80 % interval.
+ERROR_QUANTILES = (0.1, 0.5, 0.9)
+
+
 class HeadOutput(NamedTuple):
     logits: torch.Tensor  # [G] calibrated (divided by the temperature)
     attention: torch.Tensor  # [N, H] softmax weights over each structure's atoms
+    pooled: torch.Tensor  # [G, H*D] what the readouts read (see `readout_error`)
 
 
 class ProbeHead(nn.Module):
@@ -108,6 +128,13 @@ class ProbeHead(nn.Module):
         # the prior shift of the class-balanced loss; the temperature fixes over-confidence.
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("logit_bias", torch.zeros(()))
+        # Optional isotonic map of the calibrated logit (no knots: off); sizes change on fit.
+        self.register_buffer("calibration_knots_x", torch.zeros(0))
+        self.register_buffer("calibration_knots_y", torch.zeros(0))
+        # Predicted error: log-error quantiles from the pooled vector; the conformal offset
+        # widens the interval in log space; error_fitted = 0 means "not trained" (old heads).
+        self.register_buffer("error_fitted", torch.zeros(()))
+        self.register_buffer("error_interval_offset", torch.zeros(()))
         self.atom_mlp = nn.Sequential(
             nn.Linear(dim, config.hidden_dim),
             nn.SiLU(),
@@ -122,6 +149,11 @@ class ProbeHead(nn.Module):
             nn.SiLU(),
             nn.Dropout(config.dropout),
             nn.Linear(config.readout_hidden_dim, 1),
+        )
+        self.error_readout = nn.Sequential(
+            nn.Linear(config.num_heads * config.value_dim, config.readout_hidden_dim),
+            nn.SiLU(),
+            nn.Linear(config.readout_hidden_dim, 3),
         )
 
     def set_feature_scaling(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -141,9 +173,30 @@ class ProbeHead(nn.Module):
     def readout_logit(self, pooled: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
         """Logit [G] from pooled vectors [G, H*D]."""
         logit = self.readout(pooled).squeeze(-1)
-        if calibrated:
-            return (logit + self.logit_bias) / self.temperature
+        if not calibrated:
+            return logit
+        logit = (logit + self.logit_bias) / self.temperature
+        if self.calibration_knots_x.shape[0] > 1:
+            logit = piecewise_linear(logit, self.calibration_knots_x, self.calibration_knots_y)
         return logit
+
+    def readout_log_error(self, pooled: torch.Tensor, widened: bool = True) -> torch.Tensor:
+        """log of the error quantiles [G, 3] (lower, median, upper; ordered by construction)."""
+        raw = self.error_readout(pooled)
+        median = raw[:, 1]
+        offset = self.error_interval_offset if widened else torch.zeros_like(self.error_interval_offset)
+        # a negative offset (the raw interval over-covered) narrows, never past the median
+        lower = torch.minimum(median - nn.functional.softplus(raw[:, 0]) - offset, median)
+        upper = torch.maximum(median + nn.functional.softplus(raw[:, 2]) + offset, median)
+        return torch.stack([lower, median, upper], dim=1)
+
+    def readout_error(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Predicted error [G, 3]: (lower, median, upper) of the 80 % interval, criterion units;
+        NaN when the head was trained without errors."""
+        error = torch.exp(self.readout_log_error(pooled))
+        if float(self.error_fitted) < 0.5:
+            return torch.full_like(error, float("nan"))
+        return error
 
     def forward(
         self,
@@ -154,9 +207,10 @@ class ProbeHead(nn.Module):
     ) -> HeadOutput:
         scores, values = self.atom_terms(features)
         pool = partial_pool(scores, values, batch, num_graphs)
-        logits = self.readout_logit(finish_pool(pool), calibrated=calibrated)
+        pooled = finish_pool(pool)
+        logits = self.readout_logit(pooled, calibrated=calibrated)
         attention = torch.exp(scores - pool.max_score[batch]) / pool.sum_exp[batch]
-        return HeadOutput(logits, attention)
+        return HeadOutput(logits, attention, pooled)
 
 
 def atom_importance(attention: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,7 @@ def train_probe(request: TrainRequest) -> tuple[ProbeClassifier, HeadInfo]:
     balance = class_balance(is_reliable)
     logger.info("criterion %s, threshold %.4g (%s): %s", request.criterion, threshold, threshold_rule, balance)
     features = [p.features for p in predictions]
-    classifier = ProbeClassifier(request.head_config, request.training).fit(features, is_reliable)
+    classifier = ProbeClassifier(request.head_config, request.training).fit(features, is_reliable, errors)
     reliable_train = [features[i] for i in classifier.split_.train if is_reliable[i]]
     density = FeatureDensity().fit(reliable_train)
     info = HeadInfo(

@@ -15,6 +15,13 @@ import torch
 from scipy.special import expit
 
 from probe_md.calibration import fit_temperature_and_bias
+from probe_md.error_prediction import (
+    calibrate_error_interval,
+    log_errors,
+    pinball_loss,
+    pooled_vectors,
+    predicted_errors,
+)
 from probe_md.estimator import check_is_fitted
 from probe_md.head import HeadConfig, ProbeHead
 from probe_md.io_utils import atomic_output
@@ -37,6 +44,8 @@ class TrainingConfig:
     batch_structures: int = 64
     validation_fraction: float = 0.15
     calibration_fraction: float = 0.15
+    # with errors given: weight of the predicted-error (pinball) loss next to the classifier's
+    error_loss_weight: float = 1.0
     seed: int = 0
 
 
@@ -115,14 +124,24 @@ def _scaled_head(features: Sequence[np.ndarray], train: np.ndarray, head_config:
 
 
 def _train_with_early_stopping(
-    head: ProbeHead, features: Sequence[np.ndarray], labels: torch.Tensor, split: SplitIndices, cfg: TrainingConfig
+    head: ProbeHead, features: Sequence[np.ndarray], labels: torch.Tensor, split: SplitIndices, cfg: TrainingConfig,
+    target_log_errors: torch.Tensor | None = None,
 ) -> tuple[int, int, float]:
-    """Fit the uncalibrated logit on the train split; keeps the weights of the epoch with the
-    lowest validation loss. Returns (epochs run, best epoch, best validation loss)."""
+    """Fit the uncalibrated logit on the train split (and, given log errors, the error quantiles
+    from the same pooled vector); keeps the weights of the epoch with the lowest validation loss.
+    Returns (epochs run, best epoch, best validation loss)."""
     train_labels = labels[split.train]
     # Class-balanced loss: weight the reliable class by n_unreliable / n_reliable.
     pos_weight = (1 - train_labels).sum() / train_labels.sum().clamp(min=1)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    bce = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def loss_fn(out, chosen) -> torch.Tensor:
+        loss = bce(out.logits, labels[chosen])
+        if target_log_errors is not None:
+            predicted = head.readout_log_error(out.pooled, widened=False)
+            loss = loss + cfg.error_loss_weight * pinball_loss(predicted, target_log_errors[chosen])
+        return loss
+
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     validation = pack([features[i] for i in split.validation])
     rng = np.random.default_rng(cfg.seed)
@@ -133,15 +152,14 @@ def _train_with_early_stopping(
         for begin in range(0, len(order), cfg.batch_structures):
             chosen = order[begin : begin + cfg.batch_structures]
             packed = pack([features[i] for i in chosen])
-            out = head(packed.features, packed.batch, packed.num_graphs, calibrated=False)
-            loss = loss_fn(out.logits, labels[chosen])
+            loss = loss_fn(head(packed.features, packed.batch, packed.num_graphs, calibrated=False), chosen)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         head.eval()
         with torch.no_grad():
             out = head(validation.features, validation.batch, validation.num_graphs, calibrated=False)
-            val_loss = float(loss_fn(out.logits, labels[split.validation]))
+            val_loss = float(loss_fn(out, split.validation))
         epochs_run = epoch + 1
         if val_loss < best_loss - 1e-5:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(head.state_dict()), epoch
@@ -183,10 +201,15 @@ class ProbeClassifier:
         self.verbose = verbose
 
     # --- fitting ---------------------------------------------------------------------
-    def fit(self, features: Sequence[np.ndarray], is_reliable: np.ndarray) -> "ProbeClassifier":
+    def fit(
+        self, features: Sequence[np.ndarray], is_reliable: np.ndarray, errors: np.ndarray | None = None
+    ) -> "ProbeClassifier":
+        """Fit the classifier; with `errors` (criterion units) also the predicted-error readout."""
         is_reliable = np.asarray(is_reliable, dtype=bool)
         if len(features) != len(is_reliable):
             raise ValueError(f"{len(features)} feature arrays for {len(is_reliable)} labels")
+        if errors is not None and len(errors) != len(features):
+            raise ValueError(f"{len(features)} feature arrays for {len(errors)} errors")
         if is_reliable.all() or not is_reliable.any():
             raise ValueError(
                 "all structures have the same label: choose a threshold that splits the data"
@@ -197,8 +220,12 @@ class ProbeClassifier:
         split = stratified_split(is_reliable, cfg)
         labels = torch.as_tensor(is_reliable, dtype=torch.float32)
         head = _scaled_head(features, split.train, self.head_config)
-        epochs_run, best_epoch, best_loss = _train_with_early_stopping(head, features, labels, split, cfg)
+        target = None if errors is None else log_errors(errors)
+        epochs_run, best_epoch, best_loss = _train_with_early_stopping(head, features, labels, split, cfg, target)
         temperature, bias = _calibrate(head, features, labels, split.calibration)
+        error_summary = {} if errors is None else calibrate_error_interval(
+            head, pooled_vectors(head, [features[i] for i in split.calibration]), errors[split.calibration]
+        )
         self.head_ = head
         self.classes_ = CLASSES
         self.split_ = split
@@ -212,6 +239,7 @@ class ProbeClassifier:
             "n_train": int(len(split.train)),
             "n_validation": int(len(split.validation)),
             "n_calibration": int(len(split.calibration)),
+            **error_summary,
         }
         if self.verbose:
             logger.info(
@@ -239,6 +267,12 @@ class ProbeClassifier:
         """
         logit = self.predict_logit(features)
         return np.column_stack([expit(-logit), expit(logit)])
+
+    def predict_error(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """[n, 3] predicted error (lower, median, upper of an 80 % interval) in the criterion's
+        units; NaN when the head was trained without errors."""
+        check_is_fitted(self, "head_")
+        return predicted_errors(self.head_, pooled_vectors(self.head_, features))
 
     def attention(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per structure: attention weights [n_atoms, heads] (each head sums to 1)."""
@@ -303,9 +337,25 @@ def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:
     if not isinstance(payload, dict) or payload.get("format") != HEAD_FORMAT:
         raise ValueError(f"head file {path} is not a PROBE head ({HEAD_FORMAT}): {rewrite}")
     head = ProbeHead(HeadConfig(**payload["config"]))
-    head.load_state_dict(payload["state_dict"])
+    load_head_state(head, payload["state_dict"])
     info_fields = {k: payload[k] for k in HeadInfo.__dataclass_fields__ if k in payload}
     return head.eval(), HeadInfo(**info_fields)
+
+
+# Added after the first heads shipped: a file without them loads with their defaults (no
+# isotonic knots, no predicted error).
+_OPTIONAL_STATE_PREFIXES = ("calibration_knots_", "error_")
+
+
+def load_head_state(head: ProbeHead, state: dict) -> None:
+    """Load weights; the calibration knots take the file's size, newer parts may be absent."""
+    for name in ("calibration_knots_x", "calibration_knots_y"):
+        if name in state:
+            setattr(head, name, torch.zeros_like(state[name]))
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(_OPTIONAL_STATE_PREFIXES)]
+    if missing or unexpected:
+        raise ValueError(f"head weights do not match the head: missing {missing}, unexpected {unexpected}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -17,3 +18,67 @@ def test_calibration_lowers_ece_on_overconfident_shifted_logits():
     ece_after = expected_calibration_error(p_after, labels)
     assert ece_after < 0.03 < ece_before
     assert abs(temperature - 4.0) < 0.5 and abs(bias + 3.0) < 0.5
+
+
+# --- recalibration: temperature + bias or isotonic, chosen by held-out NLL -------------------
+from probe_md.calibration import (  # noqa: E402
+    LogitMap,
+    binary_nll,
+    choose_logit_map,
+    fit_isotonic,
+)
+
+
+def labels_from(true_logits, seed):
+    return np.random.default_rng(seed).random(len(true_logits)) < 1 / (1 + np.exp(-true_logits))
+
+
+def test_isotonic_knots_are_monotone_and_finite():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, 500)
+    fitted = fit_isotonic(logits, labels_from(logits, 2))
+    assert fitted.kind == "isotonic" and len(fitted.knots_x) > 2
+    assert np.all(np.diff(fitted.knots_x) > 0) and np.all(np.diff(fitted.knots_y) >= 0)
+    assert np.all(np.isfinite(fitted.knots_y))
+    grid = np.linspace(-20, 20, 401)
+    assert np.all(np.diff(fitted.apply(grid)) >= 0)  # monotone everywhere, flat beyond the ends
+
+
+def test_temperature_wins_on_few_frames_and_isotonic_on_a_non_sigmoid_distortion():
+    rng = np.random.default_rng(3)
+    true_logits = rng.normal(0, 2, 30)
+    few = choose_logit_map(3 * true_logits + 2, labels_from(true_logits, 4))
+    assert few.chosen.kind == "temperature" and set(few.held_out_nll) == {"temperature"}
+
+    true_logits = rng.normal(0, 2, 3000)
+    labels = labels_from(true_logits, 5)
+    distorted = np.sign(true_logits) * np.abs(true_logits) ** 3  # no affine map undoes a cube
+    many = choose_logit_map(distorted, labels)
+    assert many.chosen.kind == "isotonic"
+    assert many.held_out_nll["isotonic"] < many.held_out_nll["temperature"]
+    # out-of-fold probabilities are calibrated on frames the map never saw
+    p_out = 1 / (1 + np.exp(-many.out_of_fold_logits))
+    assert expected_calibration_error(p_out, labels) < 0.03
+
+
+def test_recalibration_fixes_an_overconfident_shift_with_100_frames():
+    rng = np.random.default_rng(6)
+    true_logits = rng.normal(-0.5, 2, 100)
+    labels = labels_from(true_logits, 7)
+    choice = choose_logit_map(4 * true_logits + 3, labels)  # over-confident, biased to "reliable"
+    assert binary_nll(choice.out_of_fold_logits, labels) < binary_nll(4 * true_logits + 3, labels)
+    fresh_logits = rng.normal(-0.5, 2, 5000)  # frames of the same regime the fit never saw
+    fresh_labels = labels_from(fresh_logits, 8)
+    ece_before = expected_calibration_error(1 / (1 + np.exp(-(4 * fresh_logits + 3))), fresh_labels)
+    ece_after = expected_calibration_error(1 / (1 + np.exp(-choice.chosen.apply(4 * fresh_logits + 3))), fresh_labels)
+    assert ece_before > 0.15 and ece_after < 0.05
+
+
+def test_one_class_frames_are_refused():
+    with pytest.raises(ValueError, match="at least 2 reliable and 2 unreliable"):
+        choose_logit_map(np.arange(10.0), np.array([True] * 9 + [False]))
+
+
+def test_logit_map_apply_matches_its_definition():
+    fitted = LogitMap("temperature", temperature=2.0, bias=1.0)
+    np.testing.assert_allclose(fitted.apply(np.array([1.0, -3.0])), [1.0, -1.0])

@@ -25,6 +25,8 @@ def write_inputs(folder, dtype=torch.float64, seed=0):
     head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=3, value_dim=5))
     head.set_feature_scaling(torch.randn(head.config.feature_dim) * 0.1, torch.rand(head.config.feature_dim) + 0.5)
     head.temperature.fill_(1.7)
+    head.error_fitted.fill_(1.0)
+    head.error_interval_offset.fill_(0.3)
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.6, backbone_fingerprint="test"), head_path)
     return mace_path, head_path
 
@@ -100,6 +102,10 @@ def test_fused_matches_backbone_and_head(exported, kind):
     logit = fused.readout(pooled.reshape(1, -1))
     assert logit.dtype == torch.float64 and logit.shape == (1,)
     np.testing.assert_allclose(logit.item(), ref_out.logits.item(), atol=head_tol, err_msg="calibrated logit")
+    predicted_error = fused.readout_error(pooled.reshape(1, -1))
+    assert predicted_error.dtype == torch.float64 and predicted_error.shape == (1, 3)
+    np.testing.assert_allclose(predicted_error.numpy(), head.readout_error(ref_out.pooled).detach().numpy(), rtol=head_tol,
+                               err_msg="predicted error (lower, median, upper)")
     importance = (weights / weights.sum(0)).mean(1) * n_local
     np.testing.assert_allclose(importance.numpy(), atom_importance(ref_out.attention).numpy(), atol=head_tol)
 

@@ -7,6 +7,7 @@ from probe_md.head import (
     finish_pool,
     merge_partial_pools,
     partial_pool,
+    piecewise_linear,
 )
 
 
@@ -67,3 +68,31 @@ def test_head_scripts_and_matches_eager():
     features = torch.randn(8, 6)
     batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
     torch.testing.assert_close(scripted(features, batch, 2).logits, head(features, batch, 2).logits)
+
+
+def test_isotonic_knots_map_the_calibrated_logit_and_script():
+    head = _head(4)
+    features = torch.randn(8, 6)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    plain = head(features, batch, 2).logits
+    head.calibration_knots_x = torch.tensor([-10.0, 0.0, 10.0])
+    head.calibration_knots_y = torch.tensor([-1.0, 0.5, 2.0])
+    expected = 0.5 + 0.15 * plain  # both segments have slope 0.15
+    torch.testing.assert_close(head(features, batch, 2).logits, expected)
+    scripted = torch.jit.script(head)
+    torch.testing.assert_close(scripted(features, batch, 2).logits, expected)
+    far = piecewise_linear(torch.tensor([-50.0, 50.0]), head.calibration_knots_x, head.calibration_knots_y)
+    torch.testing.assert_close(far, torch.tensor([-1.0, 2.0]))  # constant beyond the end knots
+
+
+def test_predicted_error_is_ordered_and_nan_until_fitted():
+    head = _head(5)
+    pooled = head(torch.randn(6, 6), torch.zeros(6, dtype=torch.long), 1).pooled
+    assert torch.isnan(head.readout_error(pooled)).all()
+    head.error_fitted.fill_(1.0)
+    head.error_interval_offset.fill_(-5.0)  # a narrowing offset never crosses the median
+    lower, median, upper = head.readout_error(pooled)[0]
+    assert lower == median == upper
+    head.error_interval_offset.fill_(0.5)
+    lower, median, upper = head.readout_error(pooled)[0]
+    assert lower < median < upper

@@ -56,6 +56,7 @@ RUNNER = textwrap.dedent(
         "pressure": [lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")],
         "probability": lmp.extract_compute("rel", 0, 0),
         "logit": lmp.numpy.extract_compute("rel", 0, 1)[1],
+        "predicted_error": lmp.numpy.extract_compute("rel", 0, 1)[2:5].tolist(),
         "nghost": lmp.extract_global("nghost"),
     }
     forces = np.array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3)
@@ -116,6 +117,8 @@ def model_files(tmp_path_factory):
     with torch.no_grad():
         head.readout[-1].weight.mul_(50.0)  # a random readout is nearly flat: make it discriminate
     head.temperature.fill_(1.3)
+    head.error_fitted.fill_(1.0)  # a predicted error with a non-trivial interval
+    head.error_interval_offset.fill_(0.2)
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.5, backbone_fingerprint="t"), head_path)
     export_fused_model(mace_path, head_path, fused_path)
     return {"mace": mace_path, "head": head_path, "fused": fused_path, "folder": folder}
@@ -196,6 +199,8 @@ def python_reference(files, atoms):
         "logit": float(out.logits[0]),
         "probability": float(torch.sigmoid(out.logits[0])),
         "importance": atom_importance(out.attention).numpy(),
+        # the compute's order: median, lower, upper
+        "predicted_error": head.readout_error(out.pooled)[0, [1, 0, 2]].detach().numpy(),
     }
 
 
@@ -216,6 +221,9 @@ def test_one_rank_matches_python(plugin, model_files, kind):
     np.testing.assert_allclose(result["logit"], ref["logit"], atol=1e-4, err_msg=f"{kind}: logit")
     np.testing.assert_allclose(result["probability"], ref["probability"], atol=1e-4, err_msg=f"{kind}: probability")
     np.testing.assert_allclose(arrays["importance"], ref["importance"], atol=1e-4, err_msg=f"{kind}: importance")
+    np.testing.assert_allclose(result["predicted_error"], ref["predicted_error"], rtol=1e-4,
+                               err_msg=f"{kind}: predicted error (median, lower, upper)")
+    assert result["predicted_error"][1] < result["predicted_error"][0] < result["predicted_error"][2]
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found (pip install mpich)")

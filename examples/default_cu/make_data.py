@@ -284,13 +284,15 @@ MLIP_PROTOCOLS: dict[str, tuple[Protocol, float]] = {  # half rattles, half MD f
 
 
 # ----------------------------------------------------------------------------- driver
-def make_split(split: str, protocols: dict[str, tuple[Protocol, float]], total: int, calc) -> list[Atoms]:
+def make_split(
+    split: str, protocols: dict[str, tuple[Protocol, float]], total: int, calc, split_seeds: dict[str, int] = SPLIT_SEEDS
+) -> list[Atoms]:
     """Run every protocol with seeds derived from the split, label with SNAP, tag, return."""
     weights = np.array([w for _, w in protocols.values()], dtype=float)
     counts = np.maximum(1, np.round(weights / weights.sum() * total).astype(int))
     structures = []
     for index, ((config_type, (protocol, _)), count) in enumerate(zip(protocols.items(), counts)):
-        rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+        rng = np.random.default_rng([split_seeds[split], index])
         for atoms, key in protocol(rng, int(count)):
             atoms = label(atoms, calc)
             atoms.info["config_type"] = config_type
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every set size (e.g. 0.05 for a smoke run)")
+    parser.add_argument("--only", nargs="+", default=None, help="make only these sets (e.g. head_pool)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     calc = cu_snap_calculator()
@@ -332,6 +335,11 @@ def main(argv: list[str] | None = None) -> None:
         ("head_pool", "pool", HEAD_PROTOCOLS, 1600),
         ("head_test", "test", HEAD_PROTOCOLS, 400),
     ]
+    if args.only:
+        unknown = sorted(set(args.only) - {name for name, *_ in plan})
+        if unknown:
+            parser.error(f"--only: unknown set(s) {unknown}; choose from {[name for name, *_ in plan]}")
+        plan = [entry for entry in plan if entry[0] in args.only]
     t_all = time.perf_counter()
     for name, split, protocols, total in plan:
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from probe_md.mpi import is_collective
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("probe_md.cli.train_cmd", "extract features, label, fit and calibrate a PROBE head"),
     "evaluate": ("probe_md.cli.evaluate_cmd", "score a data set: PROBE vs ensemble and density baselines"),
+    "calibrate": ("probe_md.cli.calibrate_cmd", "refit a head's calibration on labelled frames of your own regime"),
     "convert-mace": ("probe_md.cli.convert_cmd", "convert a trusted pickled mace-torch model to a safe TorchScript file"),
     "export": ("probe_md.cli.export_cmd", "fuse a MACE model and a PROBE head into one TorchScript file for LAMMPS"),
     "build-plugin": ("probe_md.cli.build_plugin_cmd", "build (or locate) the LAMMPS plugin and print its path"),
@@ -28,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("probe_md.cli.retrain_cmd", "fine-tune MACE on old + new data, refit the PROBE head, export"),
 }
 # Commands whose work loads MACE (the others need not pay for importing it).
-MACE_COMMANDS = frozenset({"train", "evaluate", "convert-mace", "export", "demo", "collect", "retrain"})
+MACE_COMMANDS = frozenset({"train", "evaluate", "calibrate", "convert-mace", "export", "demo", "collect", "retrain"})
 # Printed (not warned or logged, so no filter reaches it) by mace.tools.cg on import.
 CUEQUIVARIANCE_NOTICE = "Cuequivariance acceleration will be disabled"
 

@@ -53,6 +53,7 @@ class Reading(NamedTuple):
     probability: float  # global, identical on every rank
     logit: float  # global
     importances: np.ndarray  # [nlocal] this rank's atoms, 1 = average atom
+    predicted_error: tuple[float, float, float] | None = None  # median, lower, upper; criterion units
 
 
 class ReliabilitySource(Protocol):
@@ -69,8 +70,8 @@ class ReliabilitySource(Protocol):
 
 @dataclass
 class ProbeComputeSource:
-    """The plugin's `compute ID all probe/reliability every v_probe_every`: vector [p, logit],
-    per-atom importance. Its interval is the driver's variable, so adaptive checking works."""
+    """The plugin's `compute ID all probe/reliability every v_probe_every`: vector [p, logit,
+    predicted error median, lower, upper], per-atom importance. Its interval is the driver's variable, so adaptive checking works."""
 
     compute_id: str = COMPUTE_ID
     define: bool = True  # False when the input already defines the compute
@@ -87,7 +88,8 @@ class ProbeComputeSource:
         importances = lmp.numpy.extract_compute(self.compute_id, LMP_STYLE_ATOM, LMP_TYPE_VECTOR)
         nlocal = lmp.extract_global("nlocal")
         importances = np.ones(nlocal) if importances is None else np.array(importances[:nlocal], dtype=float)
-        return Reading(float(vector[0]), float(vector[1]), importances)
+        predicted_error = tuple(float(v) for v in vector[2:5]) if len(vector) >= 5 else None
+        return Reading(float(vector[0]), float(vector[1]), importances, predicted_error)
 
 
 def find_reliability_compute(commands: Sequence[str], config: MonitorConfig) -> ProbeComputeSource:
@@ -244,7 +246,7 @@ class MonitoredRun:
     def _check(self, step, nlocal, tags, x) -> bool:
         """Read, decide, dump, keep the interval; returns this rank's halt decision."""
         reading = self.source.read(self.lmp, self.comm)
-        decision = self.monitor.check(step, reading.probability, reading.logit)
+        decision = self.monitor.check(step, reading.probability, reading.logit, reading.predicted_error)
         if decision.dump:
             frame = gather_frame(self.lmp, self.comm, self.elements, nlocal, tags, x, reading.importances)
             if frame is not None:

@@ -142,6 +142,13 @@ class FusedProbeMace(torch.nn.Module):
         return logit.to(torch.float64)
 
     @torch.jit.export
+    def readout_error(self, pooled: Tensor) -> Tensor:
+        """Predicted error [G, 3] (lower, median, upper of an 80 % interval) in the criterion's
+        units from the same pooled values; NaN when the head was trained without errors."""
+        error = self.head.readout_error(pooled.to(self.head.feature_mean.dtype))
+        return error.to(torch.float64)
+
+    @torch.jit.export
     def head_terms(self, node_feats: Tensor) -> Tuple[Tensor, Tensor]:
         """The head's attention logits [n,H] and values [n,H,D] from MACE's node features."""
         features = node_feats.index_select(1, self.feature_columns).to(self.head.feature_mean.dtype)

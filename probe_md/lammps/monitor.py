@@ -36,6 +36,7 @@ __all__ = ["FLAGGED_FILE", "LOG_FILE", "PLOT_FILE", "SUMMARY_FILE", "MonitorConf
 INFO_STEP: Final[str] = "step"  # int, MD timestep
 INFO_RELIABILITY: Final[str] = "reliability"  # float, calibrated P(reliable)
 INFO_LOGIT: Final[str] = "logit"  # float, calibrated logit
+INFO_PREDICTED_ERROR: Final[str] = "predicted_error"  # [3] median, lower, upper (80 %), criterion units
 ARRAY_IMPORTANCE: Final[str] = "importance"  # [n_atoms] float, 1 = average atom
 
 
@@ -106,6 +107,8 @@ class Check:
     dump: bool  # the frame should be written (flagged and 'dump' requested)
     halt: bool  # the run should stop now (patience reached and 'halt' requested)
     next_every: int  # steps to the next check (adaptive checking changes it)
+    # (median, lower, upper) of the head's predicted error, criterion units; None: not predicted
+    predicted_error: tuple[float, float, float] | None = None
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -132,6 +135,7 @@ def frame_extxyz_text(
     cell: np.ndarray,
     pbc: Sequence[bool] | bool,
     importances: np.ndarray,
+    predicted_error: Sequence[float] | None = None,
 ) -> str:
     """One complete extxyz frame as text (built in memory so it can be appended in one write)."""
     import ase
@@ -141,6 +145,8 @@ def frame_extxyz_text(
     atoms.info[INFO_STEP] = int(step)
     atoms.info[INFO_RELIABILITY] = float(probability)
     atoms.info[INFO_LOGIT] = float(logit)
+    if predicted_error is not None:
+        atoms.info[INFO_PREDICTED_ERROR] = np.asarray(predicted_error, dtype=float)
     importances = np.asarray(importances, dtype=float).reshape(-1)
     if importances.shape[0] != len(atoms):
         raise ValueError(f"{importances.shape[0]} importances for a frame of {len(atoms)} atoms")
@@ -193,6 +199,7 @@ class ReliabilityMonitor:
             self.checks_.append(Check(**{**record, "probability": _nan_if_none(record["probability"]),
                                          "logit": _nan_if_none(record["logit"]),
                                          "next_every": record.get("next_every", self.config.every),
+                                         "predicted_error": _predicted_error(record.get("predicted_error")),
                                          "halt": False}))
         self._consecutive = self.checks_[-1].consecutive_flagged if self.checks_ else 0
         if self.checks_:
@@ -206,12 +213,17 @@ class ReliabilityMonitor:
         for key in ("probability", "logit"):  # JSON has no nan/inf
             if not math.isfinite(record[key]):
                 record[key] = None
+        if record["predicted_error"] is not None:
+            record["predicted_error"] = [v if math.isfinite(v) else None for v in record["predicted_error"]]
         self._log.write(json.dumps(record) + "\n")
         self._log.flush()
 
     # --- decisions ---------------------------------------------------------------------
-    def check(self, step: int, probability: float, logit: float) -> Check:
-        """Record one check and decide; logs it (writer rank) before returning."""
+    def check(
+        self, step: int, probability: float, logit: float, predicted_error: Sequence[float] | None = None
+    ) -> Check:
+        """Record one check and decide; logs it (writer rank) before returning.
+        `predicted_error`: (median, lower, upper) in the criterion's units, if the head has it."""
         probability = float(probability)
         flagged = not (probability >= self.config.threshold)  # nan counts as flagged
         self._consecutive = self._consecutive + 1 if flagged else 0
@@ -229,6 +241,7 @@ class ReliabilityMonitor:
             dump=flagged and "dump" in self.config.actions,
             halt=halt,
             next_every=self.config.interval_after(probability),
+            predicted_error=_predicted_error(predicted_error),
         )
         if halt:
             self.halted_at_ = decision.step
@@ -262,7 +275,8 @@ class ReliabilityMonitor:
         if not self.writer:
             return
         text = frame_extxyz_text(
-            decision.step, decision.probability, decision.logit, species, positions, cell, pbc, importances
+            decision.step, decision.probability, decision.logit, species, positions, cell, pbc, importances,
+            decision.predicted_error,
         ).encode("utf-8")
         append_and_fsync(self.flagged_path, text)
         self.frames_written_ += 1
@@ -393,3 +407,11 @@ def format_summary(summary: dict) -> str:
 
 def _nan_if_none(value) -> float:
     return float("nan") if value is None else float(value)
+
+
+def _predicted_error(values) -> tuple[float, float, float] | None:
+    """(median, lower, upper) as floats; None when absent or all NaN (a head without it)."""
+    if values is None:
+        return None
+    values = tuple(_nan_if_none(v) for v in values)
+    return None if all(math.isnan(v) for v in values) else values

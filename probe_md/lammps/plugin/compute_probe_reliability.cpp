@@ -47,12 +47,12 @@ ComputeProbeReliability::ComputeProbeReliability(LAMMPS *lmp, int narg, char **a
                arg[1]);
   scalar_flag = 1;
   vector_flag = 1;
-  size_vector = 2;
+  size_vector = 5;  // p, logit, predicted error: median, lower, upper (80 % interval)
   extscalar = 0;
   extvector = 0;
   peratom_flag = 1;
   size_peratom_cols = 0;
-  vector = new double[2];
+  vector = new double[5];
 }
 
 ComputeProbeReliability::~ComputeProbeReliability()
@@ -110,6 +110,9 @@ void ComputeProbeReliability::compute_vector()
   check_scored("vector");
   vector[0] = pair->probability;
   vector[1] = pair->logit;
+  vector[2] = pair->predicted_error[1];
+  vector[3] = pair->predicted_error[0];
+  vector[4] = pair->predicted_error[2];
 }
 
 void ComputeProbeReliability::compute_peratom()

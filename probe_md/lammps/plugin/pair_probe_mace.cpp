@@ -83,6 +83,7 @@ PairProbeMace::PairProbeMace(LAMMPS *lmp) :
     r_max(0.0), num_layers(0), num_heads(0), value_dim(0),
     exchange(true), exchange_request(-1), comm_rows(nullptr), comm_width(0)
 {
+  std::fill(predicted_error, predicted_error + 3, std::numeric_limits<double>::quiet_NaN());
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -845,6 +846,13 @@ void PairProbeMace::pool_and_score(int nlocal)
   try {
     torch::Tensor out = impl->call("readout", {pooled.to(impl->device)}).toTensor();
     logit = out.to(torch::kCPU).item<double>();
+    // Fused files exported before the predicted-error readout lack the method: NaN.
+    std::fill(predicted_error, predicted_error + 3, std::numeric_limits<double>::quiet_NaN());
+    if (impl->model.find_method("readout_error").has_value()) {
+      torch::Tensor bounds = impl->call("readout_error", {pooled.to(impl->device)}).toTensor();
+      bounds = bounds.to(torch::kCPU).contiguous();
+      for (int k = 0; k < 3; k++) predicted_error[k] = bounds.data_ptr<double>()[k];
+    }
   } catch (const std::exception &e) {
     std::string why = e.what();
     error->one(FLERR, "pair_style probe/mace: head readout failed: {}",

@@ -35,6 +35,7 @@ class PairProbeMace : public Pair {
   bigint scored_step;                 // -1 until a step was scored
   double probability;                 // calibrated P(MLIP reliable)
   double logit;                       // calibrated logit (probability = sigmoid(logit))
+  double predicted_error[3];          // lower, median, upper (80 %), criterion units; NaN if absent
   std::vector<double> importance;     // per local atom at scored_step, 1 = average atom
   std::vector<double> type_atomic_number;  // [ntypes+1] Z of each type's pair_coeff element
 

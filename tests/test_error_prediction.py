@@ -1,0 +1,63 @@
+"""Predicted error: quantile readout on the pooled vector + conformal widening."""
+
+import numpy as np
+import pytest
+import torch
+
+from probe_md.error_prediction import conformal_offset, interval_coverage, pinball_loss
+from probe_md.metrics import spearman
+from probe_md.training import ProbeClassifier, TrainingConfig
+
+
+def graded_set(n: int, seed: int, dim: int = 8):
+    """The error grows with how far a few atoms are shifted (log-normal noise around it)."""
+    rng = np.random.default_rng(seed)
+    features, errors = [], []
+    for _ in range(n):
+        atoms = rng.normal(size=(int(rng.integers(8, 30)), dim))
+        shift = rng.uniform(0.0, 4.0)
+        atoms[:3, :2] += shift
+        features.append(atoms)
+        errors.append(0.01 * np.exp(0.8 * shift + rng.normal(0, 0.2)))
+    return features, np.array(errors)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    features, errors = graded_set(300, seed=0)
+    config = TrainingConfig(max_epochs=40, patience=15, seed=0)
+    return ProbeClassifier({"hidden_dim": 32}, config, verbose=False).fit(features, errors < 0.1, errors)
+
+
+def test_predicted_error_ranks_and_covers_held_out_structures(fitted):
+    features, errors = graded_set(300, seed=1)
+    predicted = fitted.predict_error(features)
+    assert predicted.shape == (300, 3)
+    assert np.all(predicted[:, 0] <= predicted[:, 1]) and np.all(predicted[:, 1] <= predicted[:, 2])
+    assert spearman(predicted[:, 1], errors) > 0.8  # the noise allows 0.98
+    assert 0.7 <= interval_coverage(predicted, errors) <= 0.9
+    assert fitted.training_summary_["error_interval_offset"] == pytest.approx(float(fitted.head_.error_interval_offset))
+
+
+def test_a_head_trained_without_errors_predicts_nan():
+    features, errors = graded_set(80, seed=2)
+    config = TrainingConfig(max_epochs=3, seed=0)
+    classifier = ProbeClassifier({"hidden_dim": 8}, config, verbose=False).fit(features, errors < 0.1)
+    assert np.isnan(classifier.predict_error(features[:3])).all()
+
+
+def test_conformal_offset_reaches_the_coverage_on_exchangeable_data():
+    rng = np.random.default_rng(3)
+    target = rng.normal(0, 1, 4000)
+    too_narrow = np.tile([-0.3, 0.0, 0.3], (4000, 1))
+    offset = conformal_offset(too_narrow[:2000], target[:2000], coverage=0.8)
+    widened = too_narrow[2000:] + np.array([-offset, 0, offset])
+    covered = np.mean((target[2000:] >= widened[:, 0]) & (target[2000:] <= widened[:, 2]))
+    assert offset > 0 and abs(covered - 0.8) < 0.03
+
+
+def test_pinball_loss_is_minimised_by_the_quantiles():
+    target = torch.tensor(np.random.default_rng(4).normal(0, 1, 20000), dtype=torch.float32)
+    right = torch.tensor([[-1.2816, 0.0, 1.2816]]).expand(len(target), 3)
+    wrong = torch.tensor([[-0.5, 0.3, 0.5]]).expand(len(target), 3)
+    assert pinball_loss(right, target) < pinball_loss(wrong, target)

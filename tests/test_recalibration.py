@@ -1,0 +1,78 @@
+"""`probe-md calibrate`: a head's calibration refitted on labelled frames of another regime."""
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from conftest import rattled_cu
+from probe_md.calibration import choose_logit_map
+from probe_md.cli.main import main
+from probe_md.error_prediction import pooled_vectors
+from probe_md.features import predict_dataset
+from probe_md.backbone import load_backbone
+from probe_md.pipeline import TrainRequest, train_probe
+from probe_md.recalibration import CalibrateRequest, base_logits, calibrate
+from probe_md.reliability_labels import label_reliable, structure_errors
+from probe_md.structures import read_structures
+from probe_md.training import TrainingConfig, load_head
+
+
+@pytest.fixture(scope="module")
+def head_and_shifted_frames(tiny_mace_path, cu_extxyz, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recalibration")
+    head_path = folder / "head.pt"
+    train_probe(TrainRequest(
+        model_path=tiny_mace_path, data_paths=[cu_extxyz], output_path=head_path, cache_dir=None,
+        training=TrainingConfig(max_epochs=5, validation_fraction=0.25, calibration_fraction=0.25),
+    ))
+    shifted = folder / "shifted.extxyz"  # bigger rattles than the head was trained on
+    ase.io.write(shifted, rattled_cu(30, seed=11, amplitude=(0.05, 0.35)))
+    return head_path, shifted
+
+
+def test_calibrate_refits_the_map_and_reports_held_out_ece(head_and_shifted_frames, tiny_mace_path, tmp_path):
+    head_path, shifted = head_and_shifted_frames
+    out = tmp_path / "recalibrated.pt"
+    report = calibrate(CalibrateRequest(head_path, [shifted], out, tiny_mace_path, folds=3))
+    assert report["n_frames"] == 30 and report["chosen"] == "temperature"  # < 40 frames: no isotonic
+    assert 0 <= report["ece_after_out_of_fold"] <= 1 and 0 <= report["ece_before"] <= 1
+    assert "interval_coverage_after_out_of_fold" in report  # train_probe fitted a predicted error
+
+    # The written head maps the base logit exactly as a map fitted independently here does.
+    head, info = load_head(head_path)
+    new_head, new_info = load_head(out)
+    structures = read_structures(shifted)
+    predictions = predict_dataset(load_backbone(tiny_mace_path), structures, None, "features")
+    is_reliable = label_reliable(structure_errors(predictions, structures, info.criterion), info.threshold)
+    pooled = pooled_vectors(head, [p.features for p in predictions])
+    expected = choose_logit_map(base_logits(head, pooled), is_reliable, folds=3).chosen.apply(base_logits(head, pooled))
+    with torch.no_grad():
+        np.testing.assert_allclose(new_head.readout_logit(pooled).numpy(), expected, atol=1e-5)
+    assert new_info.metrics["recalibration"]["chosen"] == "temperature"
+    assert new_info.threshold == info.threshold  # what "reliable" means does not change
+
+
+def test_cli_calibrate_prints_before_and_after(head_and_shifted_frames, tiny_mace_path, tmp_path, capsys):
+    head_path, shifted = head_and_shifted_frames
+    out = tmp_path / "h2.pt"
+    code = main(["calibrate", "--head", str(head_path), "--model", str(tiny_mace_path), "--data", str(shifted),
+                 "-o", str(out), "--no-cache", "--folds", "3"])
+    text = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "ECE" in text and "->" in text and "out of fold" in text
+
+
+def test_cli_calibrate_bad_input_is_one_line_before_any_work(head_and_shifted_frames, tiny_mace_path, tmp_path,
+                                                              capsys, monkeypatch):
+    head_path, shifted = head_and_shifted_frames
+    monkeypatch.setattr("probe_md.recalibration.predict_dataset", lambda *a, **k: pytest.fail("work started"))
+    cases = [
+        (["--data", str(shifted), "-o", str(tmp_path / "nodir" / "x" / "h.pt"), "--folds", "1"], "--folds must be >= 2"),
+        (["--data", str(tmp_path / "missing.extxyz"), "-o", str(tmp_path / "h.pt")], "missing.extxyz"),
+        (["--data", str(shifted), "-o", str(shifted.parent / "shifted.extxyz" / "h.pt")], "h.pt"),
+    ]
+    for extra, expected in cases:
+        code = main(["calibrate", "--head", str(head_path), "--model", str(tiny_mace_path), "--no-cache", *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
