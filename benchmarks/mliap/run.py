@@ -1,6 +1,7 @@
 """ProbeMliapUnified in a real LAMMPS: runs `python -m pytest -m mliap -q tests/test_mliap_real.py`
-(pair_style mliap unified on 1 and 2 MPI ranks vs pair_style probe/mace, and the real ML-IAP
-data object vs the test fake) and prints pytest's result and the wall time.
+(pair_style mliap unified on 1 and 2 MPI ranks vs pair_style probe/mace, the real ML-IAP
+data object vs the test fake, and plain lmp + fix python/invoke dumping and halting as the
+fix external driver does) and prints pytest's result and the wall time.
 
 The LAMMPS it needs is the CPU build from cmake/build-lammps-mliap.sh (see cmake/README.md);
 without it the tests skip with that command. Extra arguments go to pytest.

@@ -10,7 +10,8 @@ has neither; see cmake/README.md). Use it from Python:
     lmp.command("pair_style mliap unified EXISTS 0"); lmp.command("pair_coeff * * Cu")
 
 or pickle it (`unified.pickle("probe.pkl")`, the model is re-loaded from its path) for
-`pair_style mliap unified probe.pkl 0` in plain `lmp`.
+`pair_style mliap unified probe.pkl 0` in plain `lmp`, where `fix python/invoke` hands it the
+lammps handle it needs for flagged frames and halting (probe_md.lammps.python_invoke).
 
 ML-IAP hands over pairs (i local, j local or ghost, rij = x_j - x_i), not coordinates, and
 wants per-pair forces fij = dE/drij (update_pair_forces: f_i += fij, f_j -= fij). Two paths:
@@ -56,6 +57,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Final, NamedTuple, Sequence
 
@@ -89,6 +91,19 @@ from probe_md.mpi import agree_max
 
 STOP_VARIABLE: Final[str] = "probe_stop"  # same name as the driver's: one input works for both
 EXCHANGE_HOOKS: Final[tuple[str, str]] = ("forward_exchange", "reverse_exchange")  # KOKKOS ML-IAP only
+
+# Instances alive in this process, so that a `fix python/invoke` callback in plain `lmp` (which
+# gets only a lammps pointer) can find the one `pair_style mliap unified probe.pkl` unpickled.
+LIVE_INSTANCES: "weakref.WeakSet[ProbeMliapUnified]" = weakref.WeakSet()
+
+
+class PendingActions(NamedTuple):
+    """A check's dump/halt, held until a lammps handle arrives (same step, post_force)."""
+
+    decision: object  # monitor.Check
+    n_local: int
+    importances: np.ndarray  # [n_local] this rank's atoms
+    halt: bool  # agreed over ranks
 
 
 class SpanningTree(NamedTuple):
@@ -220,6 +235,7 @@ class ProbeMliapUnified(MLIAPUnified):
             RunFolder(Path(out_dir)).check()
         self._comm_setting = comm
         self._reset_runtime()
+        LIVE_INSTANCES.add(self)
 
     # --- state that is rebuilt, never pickled ---------------------------------------------
     def _reset_runtime(self) -> None:
@@ -231,10 +247,11 @@ class ProbeMliapUnified(MLIAPUnified):
         self.exchanging_ = None
         self.calls_ = 0
         self.warned_ = set()
+        self.pending_: PendingActions | None = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("model_", "device_", "monitor_", "comm_", "lmp_"):
+        for key in ("model_", "device_", "monitor_", "comm_", "lmp_", "pending_"):
             state[key] = None
         if state.get("_comm_setting") not in ("auto", None):
             state["_comm_setting"] = "auto"
@@ -245,12 +262,20 @@ class ProbeMliapUnified(MLIAPUnified):
         state.setdefault("staged", False)
         self.__dict__.update(state)
         self._reset_runtime()
+        LIVE_INSTANCES.add(self)
 
     def attach(self, lmp) -> "ProbeMliapUnified":
         """Give the class a `lammps` handle: exact step numbers, flagged frames with real
-        coordinates, and halting through `variable probe_stop internal 0` + `fix halt`."""
+        coordinates, and halting through `variable probe_stop internal 0` + `fix halt`.
+        From Python call it before the run; in plain `lmp`, fix python/invoke does it."""
         self.lmp_ = lmp
         return self
+
+    def act_on_pending(self) -> None:
+        """Dump/halt for a check taken before a handle was attached (collective)."""
+        pending, self.pending_ = self.pending_, None
+        if pending is not None:
+            self._act(*pending)
 
     # --- lazy set-up inside the engine ----------------------------------------------------
     def _setup(self, data) -> None:
@@ -416,24 +441,34 @@ class ProbeMliapUnified(MLIAPUnified):
         attention = torch.exp(scores - pool.max_score[0]) / pool.sum_exp[0] if n_local else scores
         importances = (attention.mean(dim=1) * n_atoms).numpy() if n_local else np.zeros(0)
         decision = self.monitor_.check(step, probability, logit)
-        if decision.dump:
-            self._dump(decision, n_local, importances)
         halt = decision.halt
         if self.comm_ is not None and self.comm_.Get_size() > 1:
             (halt,) = agree_max(self.comm_, (int(halt),))
             halt = bool(halt)
+        if self.lmp_ is not None:
+            self._act(decision, n_local, importances, halt)
+            return
+        # No handle yet: a fix python/invoke callback later in this step (post_force) attaches
+        # one and acts; a check still pending at the next one never got a handle.
+        if self.pending_ is not None:
+            self._warn_unattached()
+        self.pending_ = PendingActions(decision, n_local, importances, halt)
+
+    def _act(self, decision, n_local: int, importances: np.ndarray, halt: bool) -> None:
+        if decision.dump:
+            self._dump(decision, n_local, importances)
         if halt:
-            if self.lmp_ is not None:
-                self.lmp_.set_internal_variable(STOP_VARIABLE, 1)
-            else:
-                self._warn_once("halt", f"reliability stayed below {self.config.threshold:g}: halt requested, "
-                                        "but no lammps handle is attached (ProbeMliapUnified.attach(lmp))")
+            self.lmp_.set_internal_variable(STOP_VARIABLE, 1)
+
+    def _warn_unattached(self) -> None:
+        pending = self.pending_
+        if pending.decision.dump or pending.halt:
+            self._warn_once("unattached", "flagged frames and halting need a lammps handle: attach(lmp) from "
+                                          "Python, or `fix ID all python/invoke N post_force probe_mliap_check` "
+                                          "(probe_md.lammps.python_invoke) in the input; only the log is written")
 
     def _dump(self, decision, n_local: int, importances: np.ndarray) -> None:
-        if self.lmp_ is None:
-            self._warn_once("dump", "flagged frames need coordinates: attach a lammps handle "
-                                    "(ProbeMliapUnified.attach(lmp)); only the log is written")
-            return
+        """Gather the flagged frame to rank 0 and append it (collective)."""
         from probe_md.lammps.frames import gather_frame
 
         lmp = self.lmp_
@@ -445,6 +480,9 @@ class ProbeMliapUnified(MLIAPUnified):
 
     def finish(self, print_summary: bool = True) -> dict | None:
         """Write the plot and summary (call after the run)."""
+        if self.pending_ is not None:
+            self._warn_unattached()
+            self.pending_ = None
         return None if self.monitor_ is None else self.monitor_.finish(print_summary=print_summary)
 
 
