@@ -145,6 +145,8 @@ def fused(tmp_path_factory):
     head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=3, value_dim=5))
     head.set_feature_scaling(torch.randn(head.config.feature_dim) * 0.1, torch.rand(head.config.feature_dim) + 0.5)
     head.temperature.fill_(1.7)
+    head.error_fitted.fill_(1.0)
+    head.error_interval_offset.fill_(0.25)
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.6, backbone_fingerprint="t"), head_path)
     fused_path = folder / "fused.pt"
     export_fused_model(mace_path, head_path, fused_path)
@@ -200,6 +202,8 @@ def test_energy_forces_and_reliability_match_ase_path(fused, tmp_path):
     record = json.loads((tmp_path / LOG_FILE).read_text().splitlines()[0])
     assert record["logit"] == pytest.approx(float(out.logits[0]), abs=1e-6)
     assert record["probability"] == pytest.approx(1 / (1 + math.exp(-float(out.logits[0]))), abs=1e-6)
+    lower, median, upper = head.readout_error(out.pooled)[0].tolist()
+    np.testing.assert_allclose(record["predicted_error"], [median, lower, upper], rtol=1e-5)
     # threshold 0.99: flagged; no lammps handle -> no frame, but the check is logged
     assert record["flagged"] and not (tmp_path / FLAGGED_FILE).exists()
     expected_importance = atom_importance(out.attention).numpy()

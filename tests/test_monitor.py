@@ -168,3 +168,18 @@ def test_restore_continues_patience_and_counts(tmp_path):
     summary = monitor.summary()
     assert summary["checks"] == 3 and summary["frames_written"] == 1 and summary["first_step"] == 0
     assert [json.loads(line)["step"] for line in (tmp_path / LOG_FILE).read_text().splitlines()] == [20]
+
+
+def test_predicted_error_is_logged_restored_and_written_with_flagged_frames(tmp_path):
+    monitor = ReliabilityMonitor(MonitorConfig(threshold=0.5, patience=10), tmp_path)
+    monitor.check(0, 0.9, 2.2, (0.02, 0.015, 0.03))  # median, lower, upper
+    decision = monitor.check(10, 0.2, -1.4, (0.035, 0.028, 0.044))
+    monitor.write_frame(decision, **frame())
+    monitor.check(20, 0.9, 2.2, (float("nan"),) * 3)  # a head without it
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [r["predicted_error"] for r in records] == [[0.02, 0.015, 0.03], [0.035, 0.028, 0.044], None]
+    atoms = ase.io.read(tmp_path / FLAGGED_FILE)
+    np.testing.assert_allclose(atoms.info["predicted_error"], [0.035, 0.028, 0.044])
+    resumed = ReliabilityMonitor(MonitorConfig(threshold=0.5, patience=10), tmp_path / "resumed")
+    resumed.restore(records, frames_written=1)
+    assert resumed.checks_[1].predicted_error == (0.035, 0.028, 0.044) and resumed.checks_[2].predicted_error is None
