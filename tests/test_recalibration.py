@@ -76,3 +76,18 @@ def test_cli_calibrate_bad_input_is_one_line_before_any_work(head_and_shifted_fr
         code = main(["calibrate", "--head", str(head_path), "--model", str(tiny_mace_path), "--no-cache", *extra])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_retrain_recalibrates_its_refitted_head_on_the_held_out_new_frames(head_and_shifted_frames, tiny_mace_path,
+                                                                           tmp_path):
+    from probe_md.loop.retrain import recalibrate_on_holdout
+
+    head_path, shifted = head_and_shifted_frames
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "new_holdout.extxyz").write_bytes(shifted.read_bytes())
+    out_head = tmp_path / "head.pt"
+    out_head.write_bytes(head_path.read_bytes())
+    report = recalibrate_on_holdout(tiny_mace_path, out_head, tmp_path)
+    assert report["n_frames"] == 30 and "ece_after_out_of_fold" in report
+    assert (tmp_path / "head_before_calibration.pt").read_bytes() == head_path.read_bytes()
+    assert load_head(out_head)[1].metrics["recalibration"]["n_frames"] == 30

@@ -208,7 +208,10 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
     assert (out / "model.pt.mace_config.json").is_file()  # ... or this TorchScript + config
     assert (out / "foundation.model").is_file() == (foundation_format == "torchscript")
     assert report["notes"] == []
-    assert (out / "head.pt").is_file()
+    assert (out / "head.pt").is_file() and (out / "head_before_calibration.pt").is_file()
+    # one held-out frame cannot calibrate anything: said so, and the trained head is kept
+    assert report["head"]["recalibration"].startswith("skipped: recalibration needs at least 2 reliable")
+    assert (out / "head.pt").read_bytes() == (out / "head_before_calibration.pt").read_bytes()
     assert json.loads((out / "retrain_report.json").read_text())["frames"]["new_train"] == 3
     assert report["files"]["fused"] == str(out / "fused.pt")  # head refitted + export on: always fused
     assert read_fused_metadata(out / "fused.pt")["threshold"] == pytest.approx(0.3)

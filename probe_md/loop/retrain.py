@@ -13,7 +13,9 @@ Outputs in `out_dir`:
   mace/                                        mace_run_train's work folder (logs, checkpoints)
   retrained.model                              pickled mace-torch model (the next --foundation-model)
   model.pt, model.pt.mace_config.json          TorchScript backbone (probe_md.backbone.mace format)
-  head.pt, fused.pt                            refitted PROBE head and the fused LAMMPS model
+  head.pt, fused.pt                            refitted PROBE head (recalibrated on the held-out new
+                                               frames: `probe-md calibrate`) and the fused LAMMPS model
+  head_before_calibration.pt                   the refitted head before that recalibration
   retrain_report.json                          before/after errors and the file list
 
 mace_run_train runs with --restart_latest: rerunning into the same `out_dir` after an
@@ -470,8 +472,9 @@ def fine_tune(
 
 
 def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Path, dict]:
-    """Train a PROBE head for the new backbone on head_data + the new frames; returns the head
-    file and its summary (threshold, criterion, class counts)."""
+    """Train a PROBE head for the new backbone on head_data + the new frames MACE trained or
+    validated on, then recalibrate it on the held-out new frames (the user's regime, unseen by
+    the head); returns the head file and its summary (threshold, criterion, class counts)."""
     from probe_md.pipeline import TrainRequest, train_probe
     from probe_md.training import TrainingConfig
 
@@ -481,10 +484,11 @@ def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Pa
         training.max_epochs = config.head_max_epochs
     criterion, threshold = kept_criterion(config)
     head_path = out_dir / "head.pt"
+    new_seen = [p for p in (out_dir / "data" / "new_train.extxyz", out_dir / "data" / "new_valid.extxyz") if p.is_file()]
     _, head_info = train_probe(
         TrainRequest(
             model_path=model_pt,
-            data_paths=[Path(p) for p in (*config.head_data, *config.new_data)],
+            data_paths=[Path(p) for p in config.head_data] + new_seen,
             output_path=head_path,
             in_domain_path=Path(config.valid_data) if config.valid_data else None,
             criterion=criterion,
@@ -497,7 +501,24 @@ def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Pa
     summary = {"threshold": head_info.threshold, "criterion": head_info.criterion, **head_info.metrics}
     if config.before_head is not None and config.head_threshold is None:
         summary["threshold_rule"] = f"kept from the head in use, {config.before_head}"
+    summary["recalibration"] = recalibrate_on_holdout(model_pt, head_path, out_dir)
     return head_path, summary
+
+
+def recalibrate_on_holdout(model_pt: Path, head_path: Path, out_dir: Path) -> dict | str:
+    """`probe-md calibrate` on the held-out new frames when both classes are there (>= 2 each);
+    the head as trained stays next to it as head_before_calibration.pt."""
+    from probe_md.recalibration import CalibrateRequest, calibrate
+
+    holdout = out_dir / "data" / "new_holdout.extxyz"
+    if not holdout.is_file():
+        return "skipped: no held-out new frames"
+    trained = head_path.with_name("head_before_calibration.pt")
+    shutil.copyfile(head_path, trained)
+    try:  # calibrate writes head.pt atomically: a failure leaves the trained head in place
+        return calibrate(CalibrateRequest(trained, [holdout], head_path, model_pt, cache_dir=out_dir / "feature_cache"))
+    except ValueError as error:  # e.g. one class only among the held-out frames
+        return f"skipped: {error}"
 
 
 def retrain(config: RetrainConfig) -> dict:
