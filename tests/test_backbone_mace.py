@@ -86,3 +86,15 @@ def test_empty_model_file_says_so(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match=r"MACE model file .*empty.pt is empty: write it again"):
         MaceBackbone.from_file(empty)
+
+
+def test_batches_respect_the_structure_count_and_the_atom_budget():
+    from ase import Atoms
+
+    from probe_md.backbone.mace import atom_budget_batches
+
+    sizes = [10, 10, 4000, 30, 30, 30, 5000, 1]
+    structures = [Atoms("Cu" * n) for n in sizes]
+    batches = atom_budget_batches(structures, max_structures=2, max_atoms=4096)
+    assert [[len(a) for a in batch] for batch in batches] == [[10, 10], [4000, 30], [30, 30], [5000], [1]]
+    assert [a for batch in batches for a in batch] == structures  # order kept, nothing lost

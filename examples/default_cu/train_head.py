@@ -1,4 +1,5 @@
-"""Train the embedded default's PROBE head on the broad Cu pool (run after make_data/train_mace).
+"""Train the embedded default's PROBE head on the broad Cu pool and the onset pool (run after
+make_data.py, make_onset_data.py and train_mace.py).
 
 Threshold: 2 x the main MACE's force RMS error on its own validation set (the documented
 default of `probe-md train --in-domain`).
@@ -7,12 +8,14 @@ default of `probe-md train --in-domain`).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from probe_md import defaults
 from probe_md.pipeline import TrainRequest, train_probe
 
 WORK = Path(__file__).parent / "work"
+OUTPUT = Path(sys.argv[1]) if len(sys.argv) > 1 else defaults.DEFAULT_DIR / defaults.HEAD_FILE  # or a trial path
 
 
 def main() -> None:
@@ -21,9 +24,9 @@ def main() -> None:
     _, info = train_probe(
         TrainRequest(
             model_path=defaults.DEFAULT_DIR / defaults.MODEL_FILE,
-            data_paths=[WORK / "head_pool.extxyz"],
+            data_paths=[WORK / "head_pool.extxyz", WORK / "onset_pool.extxyz"],
             in_domain_path=WORK / "mlip_valid.extxyz",
-            output_path=defaults.DEFAULT_DIR / defaults.HEAD_FILE,
+            output_path=OUTPUT,
             cache_dir=WORK / "feature_cache",
         )
     )

@@ -127,6 +127,27 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# Batches stop growing past this many atoms: 16 cells of 4000 atoms in one graph need ~10 GB.
+MAX_ATOMS_PER_BATCH = 4096
+
+
+def atom_budget_batches(structures: Sequence[ase.Atoms], max_structures: int, max_atoms: int) -> list[list[ase.Atoms]]:
+    """Consecutive batches of at most `max_structures` structures and `max_atoms` atoms (a
+    structure larger than the budget gets a batch of its own)."""
+    batches: list[list[ase.Atoms]] = []
+    current: list[ase.Atoms] = []
+    atoms_in_current = 0
+    for atoms in structures:
+        if current and (len(current) >= max_structures or atoms_in_current + len(atoms) > max_atoms):
+            batches.append(current)
+            current, atoms_in_current = [], 0
+        current.append(atoms)
+        atoms_in_current += len(atoms)
+    if current:
+        batches.append(current)
+    return batches
+
+
 class MaceBackbone:
     """A frozen MACE model behind the `Backbone` contract."""
 
@@ -261,8 +282,7 @@ class MaceBackbone:
     def predict(self, structures: Sequence[ase.Atoms]) -> list[StructurePrediction]:
         self.check_species(structures)
         predictions: list[StructurePrediction] = []
-        for start in range(0, len(structures), self.batch_size):
-            chunk = structures[start : start + self.batch_size]
+        for chunk in atom_budget_batches(structures, self.batch_size, MAX_ATOMS_PER_BATCH):
             out = self.forward_batch(chunk)
             counts = [len(atoms) for atoms in chunk]
             forces = torch.split(out["forces"], counts)
