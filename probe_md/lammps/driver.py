@@ -92,6 +92,14 @@ class ProbeComputeSource:
         return Reading(float(vector[0]), float(vector[1]), importances, predicted_error)
 
 
+def predicted_error_text(check) -> str:
+    """"; p = 0.02, predicted error 0.041 (0.032-0.052)" for the console, or "" without one."""
+    if check.predicted_error is None:
+        return ""
+    median, lower, upper = check.predicted_error
+    return f"; p = {check.probability:.2g}, predicted error {median:.3g} ({lower:.3g}-{upper:.3g})"
+
+
 def find_reliability_compute(commands: Sequence[str], config: MonitorConfig) -> ProbeComputeSource:
     """Use the input's own probe/reliability compute if it has one (its `every` must match)."""
     found = input_script.reliability_compute(commands)
@@ -322,7 +330,8 @@ class MonitoredRun:
             at = self.monitor.halted_at_
             self.say(f"PROBE: reliability below {self.config.threshold:g} for {self.config.patience} "
                      f"consecutive checks: halted at step {at}"
-                     + (f" (the run stopped at step {stopped})" if stopped != at else "") + rest)
+                     + (f" (the run stopped at step {stopped})" if stopped != at else "") + rest
+                     + predicted_error_text(self.monitor.checks_[-1]))
             self.write_restart(HALT_RESTART)
         else:
             self.say(f"PROBE: {self.stopped_by} received: stopped at step {stopped}{rest}")
