@@ -68,7 +68,7 @@ class ProbeCalculator(Calculator):
         out = self.backbone.forward_batch([self.atoms], compute_stress=want_stress)
         with torch.no_grad():
             head_out = self.head(out["features"], out["batch"], 1)
-            lower, median, upper = self.head.readout_error(head_out.pooled)[0].double().tolist()
+            lower, median, upper = self.head.readout_error(head_out.pooled, head_out.atom_counts)[0].double().tolist()
         self.results = {
             "energy": float(out["energy"][0]),
             "free_energy": float(out["energy"][0]),

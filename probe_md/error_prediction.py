@@ -12,28 +12,37 @@ that it covers 80 % of new structures like those.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from probe_md.head import ERROR_QUANTILES, ProbeHead
+from probe_md.head import ERROR_QUANTILES, ERROR_WIDTH_REFERENCE_ATOMS, ProbeHead
 
 ERROR_FLOOR = 1e-12  # a zero error (identical forces) would have log = -inf
 INTERVAL_COVERAGE = ERROR_QUANTILES[2] - ERROR_QUANTILES[0]  # 0.8
 
 
-def pooled_vectors(head: ProbeHead, features: Sequence[np.ndarray], batch_structures: int = 256) -> torch.Tensor:
-    """The head's pooled vector [G, H*D] of every structure (no gradients)."""
+class PooledStructures(NamedTuple):
+    """What the head's readouts read, per structure."""
+
+    vectors: torch.Tensor  # [G, H*D] pooled vectors
+    atom_counts: torch.Tensor  # [G] atoms per structure
+
+
+def pooled_vectors(head: ProbeHead, features: Sequence[np.ndarray], batch_structures: int = 256) -> PooledStructures:
+    """The head's pooled vector [G, H*D] and atom count of every structure (no gradients)."""
     from probe_md.training import pack
 
     dtype = head.feature_mean.dtype
-    chunks = []
+    vectors, counts = [], []
     with torch.no_grad():
         for begin in range(0, len(features), batch_structures):
             packed = pack(features[begin : begin + batch_structures], dtype=dtype)
-            chunks.append(head(packed.features, packed.batch, packed.num_graphs).pooled)
-    return torch.cat(chunks)
+            out = head(packed.features, packed.batch, packed.num_graphs)
+            vectors.append(out.pooled)
+            counts.append(out.atom_counts)
+    return PooledStructures(torch.cat(vectors), torch.cat(counts))
 
 
 def log_errors(errors: np.ndarray) -> torch.Tensor:
@@ -47,12 +56,22 @@ def pinball_loss(log_bounds: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return torch.mean(torch.maximum(levels * residual, (levels - 1) * residual))
 
 
-def conformal_offset(log_bounds: np.ndarray, target: np.ndarray, coverage: float = INTERVAL_COVERAGE) -> float:
-    """Split-conformal widening (log space) so [lower - c, upper + c] covers `coverage` of new
-    structures exchangeable with these (conformalized quantile regression)."""
-    scores = np.maximum(log_bounds[:, 0] - target, target - log_bounds[:, 2])
+def conformal_offset(log_bounds: np.ndarray, target: np.ndarray, coverage: float = INTERVAL_COVERAGE,
+                     width_scale: np.ndarray | None = None) -> float:
+    """Split-conformal widening so [lower - c*s, upper + c*s] (log space, s the per-structure
+    width scale) covers `coverage` of new structures exchangeable with these (conformalized
+    quantile regression)."""
+    scale = np.ones(len(target)) if width_scale is None else np.asarray(width_scale, float)
+    scores = np.maximum(log_bounds[:, 0] - target, target - log_bounds[:, 2]) / scale
     level = min(1.0, math.ceil((len(scores) + 1) * coverage) / len(scores))
     return float(np.quantile(scores, level, method="higher"))
+
+
+def width_scale(head: ProbeHead, atom_counts: torch.Tensor) -> np.ndarray:
+    """The per-structure factor on the interval's half-widths (see ProbeHead.readout_log_error)."""
+    with torch.no_grad():
+        exponent = float(head.error_width_size_exponent)
+    return np.exp(-exponent * np.log(atom_counts.double().numpy() / ERROR_WIDTH_REFERENCE_ATOMS))
 
 
 def interval_coverage(bounds: np.ndarray, errors: np.ndarray) -> float:
@@ -61,20 +80,21 @@ def interval_coverage(bounds: np.ndarray, errors: np.ndarray) -> float:
     return float(np.mean((errors >= bounds[:, 0]) & (errors <= bounds[:, 2])))
 
 
-def calibrate_error_interval(head: ProbeHead, pooled: torch.Tensor, errors: np.ndarray) -> dict:
+def calibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: np.ndarray) -> dict:
     """Set the conformal offset on held-out structures (the calibration split) and mark the
     readout as trained; returns a summary."""
     target = log_errors(errors).double().numpy()
     with torch.no_grad():
-        raw_bounds = head.readout_log_error(pooled, widened=False).double().numpy()
-    offset = conformal_offset(raw_bounds, target)
+        raw_bounds = head.readout_log_error(*pooled, widened=False).double().numpy()
+    offset = conformal_offset(raw_bounds, target, width_scale=width_scale(head, pooled.atom_counts))
     head.error_interval_offset.fill_(offset)
     head.error_fitted.fill_(1.0)
     return {"error_interval_offset": offset,
+            "error_width_size_exponent": float(head.error_width_size_exponent),
             "error_interval_coverage_before_offset": interval_coverage(np.exp(raw_bounds), np.asarray(errors))}
 
 
-def predicted_errors(head: ProbeHead, pooled: torch.Tensor) -> np.ndarray:
+def predicted_errors(head: ProbeHead, pooled: PooledStructures) -> np.ndarray:
     """[G, 3] (lower, median, upper) in the criterion's units; NaN for a head without them."""
     with torch.no_grad():
-        return head.readout_error(pooled.to(head.feature_mean.dtype)).double().numpy()
+        return head.readout_error(pooled.vectors.to(head.feature_mean.dtype), pooled.atom_counts).double().numpy()

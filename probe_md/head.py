@@ -102,12 +102,16 @@ def piecewise_linear(x: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tens
 
 # The predicted-error readout's quantile levels (lower, median, upper): an 80 % interval.
 ERROR_QUANTILES = (0.1, 0.5, 0.9)
+# The interval's width scales as (atoms / this)^-exponent, the exponent learned: a force RMSE
+# averages over more atoms in a bigger cell, and the pooled vector (an average) cannot know N.
+ERROR_WIDTH_REFERENCE_ATOMS = 64.0
 
 
 class HeadOutput(NamedTuple):
     logits: torch.Tensor  # [G] calibrated (divided by the temperature)
     attention: torch.Tensor  # [N, H] softmax weights over each structure's atoms
     pooled: torch.Tensor  # [G, H*D] what the readouts read (see `readout_error`)
+    atom_counts: torch.Tensor  # [G] atoms per structure (float), the error interval's width
 
 
 class ProbeHead(nn.Module):
@@ -135,6 +139,8 @@ class ProbeHead(nn.Module):
         # widens the interval in log space; error_fitted = 0 means "not trained" (old heads).
         self.register_buffer("error_fitted", torch.zeros(()))
         self.register_buffer("error_interval_offset", torch.zeros(()))
+        self.error_width_size_exponent = nn.Parameter(torch.zeros(()))
+        self.error_width_reference_atoms: float = ERROR_WIDTH_REFERENCE_ATOMS  # a plain float for TorchScript
         self.atom_mlp = nn.Sequential(
             nn.Linear(dim, config.hidden_dim),
             nn.SiLU(),
@@ -180,20 +186,22 @@ class ProbeHead(nn.Module):
             logit = piecewise_linear(logit, self.calibration_knots_x, self.calibration_knots_y)
         return logit
 
-    def readout_log_error(self, pooled: torch.Tensor, widened: bool = True) -> torch.Tensor:
-        """log of the error quantiles [G, 3] (lower, median, upper; ordered by construction)."""
+    def readout_log_error(self, pooled: torch.Tensor, atom_counts: torch.Tensor, widened: bool = True) -> torch.Tensor:
+        """log of the error quantiles [G, 3] (lower, median, upper; ordered by construction);
+        the half-widths, conformal offset included, scale with the structure's atom count."""
         raw = self.error_readout(pooled)
         median = raw[:, 1]
         offset = self.error_interval_offset if widened else torch.zeros_like(self.error_interval_offset)
+        scale = torch.exp(-self.error_width_size_exponent * torch.log(atom_counts.to(pooled.dtype) / self.error_width_reference_atoms))
         # a negative offset (the raw interval over-covered) narrows, never past the median
-        lower = torch.minimum(median - nn.functional.softplus(raw[:, 0]) - offset, median)
-        upper = torch.maximum(median + nn.functional.softplus(raw[:, 2]) + offset, median)
+        lower = median - torch.clamp(nn.functional.softplus(raw[:, 0]) + offset, min=0.0) * scale
+        upper = median + torch.clamp(nn.functional.softplus(raw[:, 2]) + offset, min=0.0) * scale
         return torch.stack([lower, median, upper], dim=1)
 
-    def readout_error(self, pooled: torch.Tensor) -> torch.Tensor:
+    def readout_error(self, pooled: torch.Tensor, atom_counts: torch.Tensor) -> torch.Tensor:
         """Predicted error [G, 3]: (lower, median, upper) of the 80 % interval, criterion units;
         NaN when the head was trained without errors."""
-        error = torch.exp(self.readout_log_error(pooled))
+        error = torch.exp(self.readout_log_error(pooled, atom_counts))
         if float(self.error_fitted) < 0.5:
             return torch.full_like(error, float("nan"))
         return error
@@ -210,7 +218,9 @@ class ProbeHead(nn.Module):
         pooled = finish_pool(pool)
         logits = self.readout_logit(pooled, calibrated=calibrated)
         attention = torch.exp(scores - pool.max_score[batch]) / pool.sum_exp[batch]
-        return HeadOutput(logits, attention, pooled)
+        atom_counts = torch.zeros(num_graphs, dtype=pooled.dtype, device=pooled.device).index_add(
+            0, batch, torch.ones_like(batch, dtype=pooled.dtype))
+        return HeadOutput(logits, attention, pooled, atom_counts)
 
 
 def atom_importance(attention: torch.Tensor) -> torch.Tensor:

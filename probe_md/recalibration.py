@@ -20,7 +20,14 @@ import torch
 from scipy.special import expit
 
 from probe_md.calibration import CALIBRATION_FOLDS, CalibrationChoice, LogitMap, choose_logit_map
-from probe_md.error_prediction import conformal_offset, interval_coverage, log_errors, pooled_vectors
+from probe_md.error_prediction import (
+    PooledStructures,
+    conformal_offset,
+    interval_coverage,
+    log_errors,
+    pooled_vectors,
+    width_scale,
+)
 from probe_md.evaluation import load_matching_head
 from probe_md.features import predict_dataset
 from probe_md.head import ProbeHead
@@ -44,10 +51,10 @@ class CalibrateRequest:
     folds: int = CALIBRATION_FOLDS
 
 
-def base_logits(head: ProbeHead, pooled: torch.Tensor) -> np.ndarray:
+def base_logits(head: ProbeHead, pooled: PooledStructures) -> np.ndarray:
     """(raw + bias) / temperature: the logit before any isotonic knots."""
     with torch.no_grad():
-        raw = head.readout_logit(pooled, calibrated=False)
+        raw = head.readout_logit(pooled.vectors, calibrated=False)
         return ((raw + head.logit_bias) / head.temperature).double().numpy()
 
 
@@ -66,31 +73,34 @@ def apply_logit_map(head: ProbeHead, fitted: LogitMap) -> None:
         head.calibration_knots_y = torch.tensor(fitted.knots_y, dtype=dtype)
 
 
-def out_of_fold_coverage(log_bounds: np.ndarray, target: np.ndarray, errors: np.ndarray, folds: int) -> float:
+def out_of_fold_coverage(log_bounds: np.ndarray, target: np.ndarray, errors: np.ndarray, scale: np.ndarray,
+                         folds: int) -> float:
     """Coverage of the interval with the conformal offset fitted on the other folds."""
     fold_of = np.arange(len(target)) % folds
     covered = np.empty(len(target), dtype=bool)
     for fold in range(folds):
         held_out = fold_of == fold
-        offset = conformal_offset(log_bounds[~held_out], target[~held_out])
-        bounds = np.exp(log_bounds[held_out] + np.array([-offset, 0.0, offset]))
+        offset = conformal_offset(log_bounds[~held_out], target[~held_out], width_scale=scale[~held_out])
+        widening = offset * scale[held_out, None] * np.array([-1.0, 0.0, 1.0])
+        bounds = np.exp(log_bounds[held_out] + widening)
         covered[held_out] = (errors[held_out] >= bounds[:, 0]) & (errors[held_out] <= bounds[:, 2])
     return float(covered.mean())
 
 
-def recalibrate_error_interval(head: ProbeHead, pooled: torch.Tensor, errors: np.ndarray, folds: int) -> dict:
+def recalibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: np.ndarray, folds: int) -> dict:
     """Refit the conformal offset of the predicted-error interval on these frames."""
     if float(head.error_fitted) < 0.5:
         return {"predicted_error": "not in this head (trained without errors)"}
     with torch.no_grad():
-        before = head.readout_error(pooled).double().numpy()
-        raw = head.readout_log_error(pooled, widened=False).double().numpy()
+        before = head.readout_error(*pooled).double().numpy()
+        raw = head.readout_log_error(*pooled, widened=False).double().numpy()
     target = log_errors(errors).double().numpy()
+    scale = width_scale(head, pooled.atom_counts)
     report = {
         "interval_coverage_before": interval_coverage(before, errors),
-        "interval_coverage_after_out_of_fold": out_of_fold_coverage(raw, target, errors, folds),
+        "interval_coverage_after_out_of_fold": out_of_fold_coverage(raw, target, errors, scale, folds),
     }
-    head.error_interval_offset.fill_(conformal_offset(raw, target))
+    head.error_interval_offset.fill_(conformal_offset(raw, target, width_scale=scale))
     return report
 
 
@@ -113,7 +123,7 @@ def calibrate(request: CalibrateRequest) -> dict:
     is_reliable = label_reliable(errors, info.threshold)
     pooled = pooled_vectors(head, [p.features for p in predictions])
     with torch.no_grad():
-        p_before = expit(head.readout_logit(pooled).double().numpy())
+        p_before = expit(head.readout_logit(pooled.vectors).double().numpy())
     choice = choose_logit_map(base_logits(head, pooled), is_reliable, request.folds)
     report = {
         "data": [str(p) for p in request.data_paths],

@@ -138,7 +138,7 @@ def _train_with_early_stopping(
     def loss_fn(out, chosen) -> torch.Tensor:
         loss = bce(out.logits, labels[chosen])
         if target_log_errors is not None:
-            predicted = head.readout_log_error(out.pooled, widened=False)
+            predicted = head.readout_log_error(out.pooled, out.atom_counts, widened=False)
             loss = loss + cfg.error_loss_weight * pinball_loss(predicted, target_log_errors[chosen])
         return loss
 

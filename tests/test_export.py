@@ -102,9 +102,9 @@ def test_fused_matches_backbone_and_head(exported, kind):
     logit = fused.readout(pooled.reshape(1, -1))
     assert logit.dtype == torch.float64 and logit.shape == (1,)
     np.testing.assert_allclose(logit.item(), ref_out.logits.item(), atol=head_tol, err_msg="calibrated logit")
-    predicted_error = fused.readout_error(pooled.reshape(1, -1))
+    predicted_error = fused.readout_error(pooled.reshape(1, -1), torch.tensor([float(n_local)]))
     assert predicted_error.dtype == torch.float64 and predicted_error.shape == (1, 3)
-    np.testing.assert_allclose(predicted_error.numpy(), head.readout_error(ref_out.pooled).detach().numpy(), rtol=head_tol,
+    np.testing.assert_allclose(predicted_error.numpy(), head.readout_error(ref_out.pooled, ref_out.atom_counts).detach().numpy(), rtol=head_tol,
                                err_msg="predicted error (lower, median, upper)")
     importance = (weights / weights.sum(0)).mean(1) * n_local
     np.testing.assert_allclose(importance.numpy(), atom_importance(ref_out.attention).numpy(), atol=head_tol)

@@ -87,12 +87,20 @@ def test_isotonic_knots_map_the_calibrated_logit_and_script():
 
 def test_predicted_error_is_ordered_and_nan_until_fitted():
     head = _head(5)
-    pooled = head(torch.randn(6, 6), torch.zeros(6, dtype=torch.long), 1).pooled
-    assert torch.isnan(head.readout_error(pooled)).all()
+    out = head(torch.randn(6, 6), torch.zeros(6, dtype=torch.long), 1)
+    pooled, counts = out.pooled, out.atom_counts
+    assert counts.tolist() == [6.0]
+    assert torch.isnan(head.readout_error(pooled, counts)).all()
     head.error_fitted.fill_(1.0)
     head.error_interval_offset.fill_(-5.0)  # a narrowing offset never crosses the median
-    lower, median, upper = head.readout_error(pooled)[0]
+    lower, median, upper = head.readout_error(pooled, counts)[0]
     assert lower == median == upper
     head.error_interval_offset.fill_(0.5)
-    lower, median, upper = head.readout_error(pooled)[0]
+    lower, median, upper = head.readout_error(pooled, counts)[0]
     assert lower < median < upper
+    with torch.no_grad():
+        head.error_width_size_exponent.fill_(0.5)  # 4x the atoms: half the log-width
+        _, median, upper = head.readout_error(pooled, counts)[0]
+        _, big_median, big_upper = head.readout_error(pooled, counts * 4)[0]
+    torch.testing.assert_close(big_median, median)
+    torch.testing.assert_close(torch.log(big_upper / big_median), 0.5 * torch.log(upper / median))

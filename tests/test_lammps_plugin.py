@@ -200,7 +200,7 @@ def python_reference(files, atoms):
         "probability": float(torch.sigmoid(out.logits[0])),
         "importance": atom_importance(out.attention).numpy(),
         # the compute's order: median, lower, upper
-        "predicted_error": head.readout_error(out.pooled)[0, [1, 0, 2]].detach().numpy(),
+        "predicted_error": head.readout_error(out.pooled, out.atom_counts)[0, [1, 0, 2]].detach().numpy(),
     }
 
 

@@ -202,7 +202,7 @@ def test_energy_forces_and_reliability_match_ase_path(fused, tmp_path):
     record = json.loads((tmp_path / LOG_FILE).read_text().splitlines()[0])
     assert record["logit"] == pytest.approx(float(out.logits[0]), abs=1e-6)
     assert record["probability"] == pytest.approx(1 / (1 + math.exp(-float(out.logits[0]))), abs=1e-6)
-    lower, median, upper = head.readout_error(out.pooled)[0].tolist()
+    lower, median, upper = head.readout_error(out.pooled, out.atom_counts)[0].tolist()
     np.testing.assert_allclose(record["predicted_error"], [median, lower, upper], rtol=1e-5)
     # threshold 0.99: flagged; no lammps handle -> no frame, but the check is logged
     assert record["flagged"] and not (tmp_path / FLAGGED_FILE).exists()

@@ -142,10 +142,12 @@ class FusedProbeMace(torch.nn.Module):
         return logit.to(torch.float64)
 
     @torch.jit.export
-    def readout_error(self, pooled: Tensor) -> Tensor:
+    def readout_error(self, pooled: Tensor, atom_counts: Tensor) -> Tensor:
         """Predicted error [G, 3] (lower, median, upper of an 80 % interval) in the criterion's
-        units from the same pooled values; NaN when the head was trained without errors."""
-        error = self.head.readout_error(pooled.to(self.head.feature_mean.dtype))
+        units from the same pooled values and the structures' atom counts [G]; NaN when the
+        head was trained without errors."""
+        dtype = self.head.feature_mean.dtype
+        error = self.head.readout_error(pooled.to(dtype), atom_counts.to(dtype))
         return error.to(torch.float64)
 
     @torch.jit.export

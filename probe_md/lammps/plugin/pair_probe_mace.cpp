@@ -849,7 +849,10 @@ void PairProbeMace::pool_and_score(int nlocal)
     // Fused files exported before the predicted-error readout lack the method: NaN.
     std::fill(predicted_error, predicted_error + 3, std::numeric_limits<double>::quiet_NaN());
     if (impl->model.find_method("readout_error").has_value()) {
-      torch::Tensor bounds = impl->call("readout_error", {pooled.to(impl->device)}).toTensor();
+      torch::Tensor atom_count = torch::full({1}, static_cast<double>(atom->natoms),
+                                             torch::TensorOptions().dtype(torch::kFloat64));
+      torch::Tensor bounds =
+          impl->call("readout_error", {pooled.to(impl->device), atom_count.to(impl->device)}).toTensor();
       bounds = bounds.to(torch::kCPU).contiguous();
       for (int k = 0; k < 3; k++) predicted_error[k] = bounds.data_ptr<double>()[k];
     }
