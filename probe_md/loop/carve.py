@@ -35,7 +35,8 @@ INFO_CARVE_IMPORTANCE: Final[str] = "carve_importance"  # float, summed importan
 INFO_CARVE_FRAME_ATOMS: Final[str] = "carve_frame_atoms"  # int, atoms in the frame it was cut from
 INFO_CARVE_BUFFER: Final[str] = "carve_buffer"  # float, Å, buffer around core atoms
 
-DEFAULT_TOP_K: Final[int] = 8  # core atoms per frame: the most important ones
+DEFAULT_TOP_K: Final[int] = 8  # core atoms per frame: the most important ones ...
+DEFAULT_MIN_IMPORTANCE: Final[float] = 2.0  # ... that matter twice as much as the average atom
 DEFAULT_MAX_ATOMS: Final[int] = 1000  # largest carved structure; a reference method must label it
 
 
@@ -45,7 +46,7 @@ class CarveConfig:
     (buffer: layers x r_max, link and gap: r_max), see `with_receptive_field`."""
 
     top_k: int | None = DEFAULT_TOP_K  # at most this many core atoms per frame (None: no limit)
-    min_importance: float | None = None  # core atoms need at least this importance (1 = average atom)
+    min_importance: float | None = DEFAULT_MIN_IMPORTANCE  # core atoms need at least this importance (1 = average atom)
     buffer: float | None = None  # Å around every core atom, kept as in the frame
     link: float | None = None  # Å, core atoms closer than this belong to one region
     gap: float | None = None  # Å of vacuum between the piece and its periodic images
