@@ -239,6 +239,9 @@ def collect_flagged(
     if carve is not None:  # copies of a frame carve to copies of its regions, dropped next
         candidates = carve_frames(physical, carve)
         carved = CarveCounts(frames=len(physical), frame_atoms=sum(len(a) for a in physical), regions=len(candidates))
+        if sum(len(a) for a in candidates) > carved.frame_atoms:
+            warnings.append("the carved structures hold more atoms than the frames whole: for cells this small, "
+                            "collect without --carve")
     unique = drop_exact_duplicates(candidates)
     distinct = diverse_order(unique, backbone, min_distance, progress)
     selected = distinct if max_frames is None else distinct[:max_frames]
