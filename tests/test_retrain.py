@@ -16,6 +16,7 @@ from probe_md.loop.retrain import (
     ConfigFieldError,
     RetrainConfig,
     format_report,
+    head_pool_paths,
     foundation_e0s,
     foundation_mismatch_ev_per_a,
     kept_criterion,
@@ -288,3 +289,11 @@ def test_retrain_on_carved_structures_fits_core_forces_only(tmp_path, tiny_pickl
     assert len(new_frames) == 2 and all(a.info["config_energy_weight"] == 0.0 for a in new_frames)
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
     assert np.isnan(report["errors_after"]["new_holdout"]["energy_rmse_ev_per_atom"])  # carved: energies skipped
+
+
+def test_carved_structures_stay_out_of_the_head_pool(tmp_path):
+    whole = write(tmp_path / "whole.extxyz", rattled_cu(1, seed=31, size=1))
+    pieces = write(tmp_path / "pieces.extxyz", carved(rattled_cu(1, seed=32, size=1), seed=0))
+    config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[whole, pieces], out_dir=tmp_path,
+                           head_data=[tmp_path / "pool.extxyz"])
+    assert head_pool_paths(config) == [tmp_path / "pool.extxyz", whole]

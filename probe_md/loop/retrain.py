@@ -534,9 +534,16 @@ def fine_tune_on_cores(config: RetrainConfig, trainable: Path, train_file: Path,
     return fine_tune_atom_weighted(_load_pickled(trainable), train, valid, config.keys, settings)
 
 
+def head_pool_paths(config: RetrainConfig) -> list[Path]:
+    """head_data + the new frames, without files of carved structures: a piece's buffer ends in
+    vacuum, so its whole-structure force error and pooled features describe surfaces the MD never
+    sees (the head labels structures by the error over all their atoms)."""
+    return [Path(p) for p in config.head_data] + [Path(p) for p in config.new_data if not holds_carved(Path(p))]
+
+
 def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Path, dict]:
-    """Train a PROBE head for the new backbone on head_data + the new frames; returns the head
-    file and its summary (threshold, criterion, class counts)."""
+    """Train a PROBE head for the new backbone on head_data + the new whole frames; returns the
+    head file and its summary (threshold, criterion, class counts)."""
     from probe_md.pipeline import TrainRequest, train_probe
     from probe_md.training import TrainingConfig
 
@@ -549,7 +556,7 @@ def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Pa
     _, head_info = train_probe(
         TrainRequest(
             model_path=model_pt,
-            data_paths=[Path(p) for p in (*config.head_data, *config.new_data)],
+            data_paths=head_pool_paths(config),
             output_path=head_path,
             in_domain_path=Path(config.valid_data) if config.valid_data else None,
             criterion=criterion,
@@ -595,6 +602,8 @@ def retrain(config: RetrainConfig) -> dict:
 
             export_fused_model(model_pt, head_path, out_dir / "fused.pt")
             files["fused"] = str(out_dir / "fused.pt")
+        if len(head_pool_paths(config)) < len(config.head_data) + len(config.new_data):
+            notes.append("carved structures are not in the head's training pool (their buffers end in vacuum)")
     else:
         notes.append("no --head-data: the PROBE head was not refitted (the old head does not fit the new backbone)")
     report = {
