@@ -164,3 +164,52 @@ def test_collect_output_is_checked_before_any_work(tmp_path, tiny_mace_path, cap
     assert main(["collect", str(run), "-o", str(pool), "--model", str(tiny_mace_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write pool file {pool}" in err
+
+
+def write_hot_run(folder, frames, steps, hot_atoms):
+    """A run whose frames each have a few important atoms (`hot_atoms` per frame)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / FLAGGED_FILE, "w") as handle:
+        for atoms, step, hot in zip(frames, steps, hot_atoms):
+            importance = np.full(len(atoms), 0.5)
+            importance[hot] = 20.0
+            handle.write(frame_extxyz_text(step, 0.1, -2.2, atoms.get_chemical_symbols(), atoms.positions,
+                                           atoms.cell.array, atoms.pbc, importance))
+    return folder
+
+
+def big_cu_frame(seed: int):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(4)
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def test_collect_carve_cli_writes_regions_with_cores_and_provenance(tmp_path, tiny_mace_path, capsys):
+    run = write_hot_run(tmp_path / "run", [big_cu_frame(0), big_cu_frame(1)], [10, 20], [[0, 1], [100]])
+    pool = tmp_path / "pool.extxyz"
+    code = main(["collect", str(run), "-o", str(pool), "--carve", "--buffer", "4", "--link", "3",
+                 "--model", str(tiny_mace_path),
+                 "--no-progress"])
+    assert code == 0
+    pieces = ase.io.read(pool, ":")
+    assert sorted((int(p.info["step"]), int(p.arrays["probe_core"].sum())) for p in pieces) == [(10, 2), (20, 1)]
+    for piece in pieces:
+        assert piece.info[INFO_RUN] == str(run) and piece.arrays["probe_core"].dtype == bool
+        assert len(piece) < 256 and "carve_centre" in piece.info and "frame_index" in piece.arrays
+    out = capsys.readouterr().out
+    assert "carved 2 regions from 2 frames" in out and "instead of 512 in the frames whole" in out
+
+
+def test_collect_carve_bad_input_gets_one_line(tmp_path, tiny_mace_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    ase.io.write(plain / FLAGGED_FILE, [big_cu_frame(0)], format="extxyz")  # no importance array
+    pool = tmp_path / "pool.extxyz"
+    common = ["-o", str(pool), "--carve", "--buffer", "4", "--model", str(tiny_mace_path), "--no-progress"]
+    assert main(["collect", str(plain), *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no per-atom importance" in err
+    run = write_hot_run(tmp_path / "run", [big_cu_frame(0)], [10], [[0]])
+    assert main(["collect", str(run), *common, "--max-atoms", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than --max-atoms 10" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import ase.io
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from probe_md.loop.retrain import (
     ConfigFieldError,
     RetrainConfig,
     format_report,
+    head_pool_paths,
     foundation_e0s,
     foundation_mismatch_ev_per_a,
     kept_criterion,
@@ -258,3 +260,49 @@ def test_cli_defaults_are_the_config_defaults_the_readme_reports_working(tmp_pat
     # threshold; the round that worked used 40 epochs, lr 2e-3 and the default's stage-two weights.
     assert (args.epochs, args.lr, args.energy_weight, args.stress_weight) == (40, 2e-3, 1000.0, 1000.0)
     assert (args.new_frame_weight, args.new_valid_fraction) == (5.0, 0.15)
+
+
+def carved(structures, seed: int, buffer_shift: float = 0.0):
+    """Carved-like copies: two core atoms each; buffer labels (forces, energy) shifted by buffer_shift."""
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.arrays["probe_core"] = np.arange(len(atoms)) < 2
+        atoms.arrays["REF_forces"][2:] += buffer_shift * rng.normal(size=(len(atoms) - 2, 3))
+        atoms.info["REF_energy"] += 10 * buffer_shift
+        pieces.append(atoms)
+    return pieces
+
+
+def test_retrain_on_carved_structures_fits_core_forces_only(tmp_path, tiny_pickled_model):
+    """Carved new frames go through the atom-weighted fine-tune: buffer labels and carved
+    energies change nothing in the retrained model; errors are reported on core atoms."""
+    base = rattled_cu(4, seed=21, amplitude=(0.2, 0.3), size=1)
+    old = write(tmp_path / "old.extxyz", rattled_cu(4, seed=22, amplitude=(0.01, 0.1), size=1))
+    models = []
+    for name, shift in (("a", 0.0), ("b", 1.0)):
+        new = write(tmp_path / f"new_{name}.extxyz", carved(base, seed=3, buffer_shift=shift))
+        report = retrain(RetrainConfig(foundation_model=tiny_pickled_model, new_data=[new], old_data=[old],
+                                       out_dir=tmp_path / name, epochs=2, batch_size=4, stress_weight=0.0))
+        models.append(torch.load(tmp_path / name / "retrained.model", weights_only=False).state_dict())
+    assert report["trainer"].startswith("probe_md.loop.core_finetune")
+    trained_on = ase.io.read(tmp_path / "b" / "data" / "train.extxyz", ":")
+    new_frames = [a for a in trained_on if "probe_core" in a.arrays]
+    assert len(new_frames) == 2 and all(a.info["config_energy_weight"] == 0.0 for a in new_frames)
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    assert np.isnan(report["errors_after"]["new_holdout"]["energy_rmse_ev_per_atom"])  # carved: energies skipped
+
+
+def test_carved_structures_stay_out_of_the_head_pool(tmp_path):
+    (tmp_path / "data").mkdir()
+    whole = rattled_cu(1, seed=31, size=1)
+    pieces = carved(rattled_cu(1, seed=32, size=1), seed=0)
+    write(tmp_path / "data" / "new_train.extxyz", whole + pieces)  # one round may mix both
+    config = RetrainConfig(foundation_model=tmp_path / "x.model", new_data=[tmp_path / "new.extxyz"],
+                           out_dir=tmp_path, head_data=[tmp_path / "pool.extxyz"])
+    paths = head_pool_paths(config, tmp_path)
+    assert paths == [tmp_path / "pool.extxyz", tmp_path / "data" / "head_new_frames.extxyz"]
+    kept = ase.io.read(paths[1], ":")
+    assert len(kept) == 1 and "probe_core" not in kept[0].arrays
+    np.testing.assert_allclose(kept[0].positions, whole[0].positions, atol=1e-7)  # extxyz precision

@@ -7,6 +7,10 @@ written by `probe-md convert-mace` and by retrain itself): the python model is r
 it. Without --foundation-model the embedded Cu default is retrained, with its shipped
 training/validation data and head pool. Each round writes `retrained.model` and `model.pt`
 (with its config) into OUT: either is the --foundation-model of the next round.
+
+Carved structures (`collect --carve`) are fitted on their core atoms' forces only (buffer
+atoms weigh 0), by probe-md's atom-weighted loop over mace's model and loss terms, since
+mace_run_train weighs forces per structure only.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PROBE head training pool; without it the head is not refitted")
     for option, (field_name, value_type, help_text) in TUNING_OPTIONS.items():
         parser.add_argument(option, type=value_type, default=getattr(RetrainConfig, field_name), help=help_text)
+    parser.add_argument("--carved-energies", action="store_true",
+                        help="fit the reference energies and stresses of carved structures (collect --carve) too; "
+                             "default: only their core atoms' forces, as the energy of a piece cut out of a "
+                             "frame (with its surfaces) is rarely meaningful")
     parser.add_argument("--no-export", action="store_true", help="do not write the fused model")
     parser.add_argument("--mace-args", default="",
                         help="extra mace_run_train flags as one string, e.g. --mace-args='--ema --ema_decay=0.99'")
@@ -110,6 +118,7 @@ def _retrain(args: argparse.Namespace) -> int:
         before_model=before_model,
         before_head=before_head,
         export=not args.no_export,
+        carved_energies=args.carved_energies,
         extra_mace_args=shlex.split(args.mace_args),
         keys=reference_keys(args),
         **tuning,

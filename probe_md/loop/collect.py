@@ -7,6 +7,10 @@ backbone by the per-structure mean and max of the invariant per-atom features; e
 copies (same numbers, positions, cell) are dropped by hash, then farthest-point sampling
 picks frames one by one, starting from the least reliable, each as far as possible from
 those already picked. Frames closer than `min_distance` to a picked one are near-duplicates.
+
+With a `CarveConfig` (`collect --carve`), each frame is first cut into small structures around
+its most important atoms (probe_md.loop.carve); those are de-duplicated and sampled the same
+way, described by their core atoms only (buffer atoms near the cut see vacuum).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.features import predict_dataset
 from probe_md.io_utils import atomic_write_text
 from probe_md.lammps.monitor import ARRAY_IMPORTANCE, FLAGGED_FILE, INFO_LOGIT, INFO_RELIABILITY, INFO_STEP
+from probe_md.loop.carve import ARRAY_CORE, CarveConfig, carve_frames, check_importance
 
 # provenance written into every collected frame's info (step/reliability/logit come from the run)
 INFO_RUN: Final[str] = "run"  # str, the run folder (or file) the frame was read from
@@ -54,14 +59,30 @@ class CollectResult:
     not_selected: int  # distinct frames left out because of max_frames
     frames_per_run: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    carved: "CarveCounts | None" = None  # with --carve: what the frames were cut into
 
     def summary(self) -> str:
-        return (
+        what = "frames" if self.carved is None else "regions"
+        text = (
             f"read {self.read} flagged frames from {len(self.frames_per_run)} run(s); dropped "
             f"{self.non_finite} non-finite, {self.unphysical} with collapsed atoms, "
             f"{self.exact_duplicates} exact and {self.near_duplicates} near duplicates; "
-            f"{self.not_selected} distinct frames not selected (--max); kept {len(self.frames)}"
+            f"{self.not_selected} distinct {what} not selected (--max); kept {len(self.frames)}"
         )
+        if self.carved is not None:
+            kept_atoms = sum(len(a) for a in self.frames)
+            text += (
+                f" (carved {self.carved.regions} regions from {self.carved.frames} frames; {kept_atoms} atoms "
+                f"to label instead of {self.carved.frame_atoms} in the frames whole)"
+            )
+        return text
+
+
+@dataclass(frozen=True)
+class CarveCounts:
+    frames: int  # physical frames carved
+    frame_atoms: int  # atoms in those frames (what labelling them whole costs)
+    regions: int  # carved structures, before de-duplication
 
 
 def flagged_path(run: str | os.PathLike) -> Path:
@@ -140,17 +161,22 @@ def closest_pair_fraction(atoms: ase.Atoms) -> float:
     return float(np.min(distances / (radii[first] + radii[second])))
 
 
-def pooled_descriptors(predictions: Sequence[StructurePrediction]) -> np.ndarray:
-    """[n_structures, 2F]: mean and max over atoms of the invariant features, each feature
-    divided by its standard deviation over all pooled atoms so no channel dominates."""
-    stacked = np.concatenate([p.features for p in predictions])
+def pooled_descriptors(features: Sequence[np.ndarray]) -> np.ndarray:
+    """[n_structures, 2F]: mean and max over atoms of each structure's invariant features
+    ([n_atoms, F]), each feature divided by its standard deviation over all pooled atoms so
+    no channel dominates."""
+    stacked = np.concatenate(features)
     scale = stacked.std(axis=0)
     scale = np.where(scale > 1e-12 * max(scale.max(), 1e-300), scale, 1.0)  # constant channels
-    rows = [
-        np.concatenate([p.features.mean(axis=0) / scale, p.features.max(axis=0) / scale])
-        for p in predictions
-    ]
+    rows = [np.concatenate([f.mean(axis=0) / scale, f.max(axis=0) / scale]) for f in features]
     return np.asarray(rows)
+
+
+def described_atoms(prediction: StructurePrediction, atoms: ase.Atoms) -> np.ndarray:
+    """The features that describe a structure: its core atoms' when it was carved, else all."""
+    if ARRAY_CORE in atoms.arrays:
+        return prediction.features[np.asarray(atoms.arrays[ARRAY_CORE], dtype=bool)]
+    return prediction.features
 
 
 def farthest_point_sampling(
@@ -191,20 +217,32 @@ def collect_flagged(
     min_distance: float = DEFAULT_MIN_DISTANCE,
     progress: bool = True,
     min_bond_fraction: float = DEFAULT_MIN_BOND_FRACTION,
+    carve: CarveConfig | None = None,
 ) -> CollectResult:
-    """Read every run's flagged frames, drop duplicates and keep a diverse subset."""
+    """Read every run's flagged frames, drop duplicates and keep a diverse subset (of the
+    frames, or with `carve` of the structures carved from them)."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max must be a positive number of frames, got {max_frames}")
     if min_distance < 0:
         raise ValueError(f"--min-distance must be >= 0, got {min_distance}")
     frames, read, per_run, warnings = read_runs(runs)
+    if carve is not None:
+        check_importance(frames)
+        carve = carve.with_receptive_field(backbone.cutoff, backbone.num_layers)
     physical = [a for a in frames if closest_pair_fraction(a) >= min_bond_fraction]
     if not physical:
         raise ValueError(
             f"all {len(frames)} flagged frames have collapsed atoms (closer than {min_bond_fraction} x "
             "covalent radii): explore at milder conditions, or lower --min-bond-fraction"
         )
-    unique = drop_exact_duplicates(physical)
+    candidates, carved = physical, None
+    if carve is not None:  # copies of a frame carve to copies of its regions, dropped next
+        candidates = carve_frames(physical, carve)
+        carved = CarveCounts(frames=len(physical), frame_atoms=sum(len(a) for a in physical), regions=len(candidates))
+        if sum(len(a) for a in candidates) > carved.frame_atoms:
+            warnings.append("the carved structures hold more atoms than the frames whole: for cells this small, "
+                            "collect without --carve")
+    unique = drop_exact_duplicates(candidates)
     distinct = diverse_order(unique, backbone, min_distance, progress)
     selected = distinct if max_frames is None else distinct[:max_frames]
     chosen = []
@@ -217,11 +255,12 @@ def collect_flagged(
         read=read,
         non_finite=read - len(frames),
         unphysical=len(frames) - len(physical),
-        exact_duplicates=len(physical) - len(unique),
+        exact_duplicates=len(candidates) - len(unique),
         near_duplicates=len(unique) - len(distinct),
         not_selected=len(distinct) - len(selected),
         frames_per_run=per_run,
         warnings=warnings,
+        carved=carved,
     )
 
 
@@ -258,7 +297,7 @@ def diverse_order(
     """Indices of `frames` in farthest-point order in the backbone's feature space, starting
     from the least reliable frame, without near-duplicates (closer than `min_distance`)."""
     predictions = predict_dataset(backbone, frames, description="collect features", progress=progress)
-    descriptors = pooled_descriptors(predictions)
+    descriptors = pooled_descriptors([described_atoms(p, a) for p, a in zip(predictions, frames)])
     # The logit still orders frames whose probability underflowed to 0.
     unreliability = np.array(
         [float(a.info.get(INFO_LOGIT, a.info.get(INFO_RELIABILITY, np.inf))) for a in frames]

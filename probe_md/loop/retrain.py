@@ -20,6 +20,13 @@ Outputs in `out_dir`:
 
 mace_run_train runs with --restart_latest: rerunning into the same `out_dir` after an
 interruption resumes from its last checkpoint, so give every round its own `out_dir`.
+
+Carved structures (`collect --carve`: `arrays['probe_core']`) are fitted on their core atoms'
+forces only. mace_run_train cannot weigh atoms, so a round with carved structures fine-tunes
+with probe_md.loop.core_finetune (mace's model, data and loss terms, per-atom force weights:
+buffer atoms 0). Their energies and stresses are skipped (mace's `config_energy_weight` /
+`config_stress_weight` 0) unless `carved_energies` says they are meaningful; errors on them
+are reported on core atoms' forces.
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ from pathlib import Path
 from typing import Callable, Final, Sequence
 
 import ase
+import ase.io
 import numpy as np
 
 from probe_md.backbone.base import Backbone
 from probe_md.io_utils import atomic_output, atomic_write_bytes, check_output_path
+from probe_md.loop.carve import ARRAY_CORE
 from probe_md.loop.collect import write_extxyz_atomic
 from probe_md.structures import ReferenceKeys, read_structures
 
@@ -49,7 +58,11 @@ FOUNDATION_PICKLE: Final[str] = "foundation.model"  # a TorchScript foundation, 
 # RetrainConfig fields copied into the report's "mace_run_train" section
 REPORTED_SETTINGS: Final[tuple[str, ...]] = (
     "epochs", "lr", "batch_size", "ema_decay", "energy_weight", "forces_weight", "stress_weight", "new_frame_weight",
+    "carved_energies",
 )
+# mace's per-structure property weights (config_from_atoms reads info['config_<name>_weight'])
+INFO_ENERGY_WEIGHT: Final[str] = "config_energy_weight"  # float, 0 = skip this structure's energy
+INFO_STRESS_WEIGHT: Final[str] = "config_stress_weight"  # float, 0 = skip this structure's stress
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +98,7 @@ class RetrainConfig:
     stress_weight: float = 1000.0  # > 0: also fit keys.stress (mace --loss=stress), as the Cu default was
     export: bool = True
     extra_mace_args: Sequence[str] = ()  # passed to mace_run_train verbatim (they win)
+    carved_energies: bool = False  # carved structures' reference energies/stresses are meaningful: fit them
     keys: ReferenceKeys = field(default_factory=ReferenceKeys)
 
     def __post_init__(self) -> None:
@@ -169,22 +183,31 @@ class ErrorSummary:
         return cls(0, float("nan"), float("nan"), float("nan"))
 
 
+def trusted_atoms(atoms: ase.Atoms) -> np.ndarray:
+    """[n_atoms] bool: atoms whose reference forces count (a carved structure's core, else all)."""
+    if ARRAY_CORE in atoms.arrays:
+        return np.asarray(atoms.arrays[ARRAY_CORE], dtype=bool)
+    return np.ones(len(atoms), dtype=bool)
+
+
 def model_errors(backbone: Backbone, structures: Sequence[ase.Atoms], keys: ReferenceKeys) -> ErrorSummary:
-    """Force RMSE/MAE over all atom components, energy RMSE per atom, against the references."""
+    """Force RMSE/MAE over the trusted atoms' components, energy RMSE per atom over whole
+    frames (NaN when all are carved), against the references."""
     if not structures:
         return ErrorSummary.nan()
     predictions = backbone.predict(list(structures))
-    force_delta = np.concatenate(
-        [p.forces - np.asarray(a.arrays[keys.forces]) for p, a in zip(predictions, structures)]
-    )
-    energy_delta = np.array(
-        [(p.energy - float(a.info[keys.energy])) / len(a) for p, a in zip(predictions, structures)]
-    )
+    force_delta = np.concatenate([
+        (p.forces - np.asarray(a.arrays[keys.forces]))[trusted_atoms(a)] for p, a in zip(predictions, structures)
+    ])
+    energy_delta = np.array([
+        (p.energy - float(a.info[keys.energy])) / len(a)
+        for p, a in zip(predictions, structures) if ARRAY_CORE not in a.arrays
+    ])
     return ErrorSummary(
         structures=len(structures),
         force_rmse_ev_per_a=float(np.sqrt(np.mean(force_delta**2))),
         force_mae_ev_per_a=float(np.mean(np.abs(force_delta))),
-        energy_rmse_ev_per_atom=float(np.sqrt(np.mean(energy_delta**2))),
+        energy_rmse_ev_per_atom=float(np.sqrt(np.mean(energy_delta**2))) if energy_delta.size else float("nan"),
     )
 
 
@@ -228,17 +251,25 @@ def _read_all(paths: Sequence[Path], keys: ReferenceKeys) -> list[ase.Atoms]:
     return [atoms for path in paths for atoms in read_structures(path, keys)]
 
 
+TRAINER_CORES: Final[str] = "probe_md.loop.core_finetune (per-atom force weights; mace_run_train cannot take them)"
 NEW_CONFIG_TYPE: Final[str] = "probe_md_flagged"  # config_type of the new frames (their loss weight)
 
 
-def _training_copy(atoms: ase.Atoms, keys: ReferenceKeys, origin: str, force_origin: bool = False) -> ase.Atoms:
-    """Only what mace_run_train reads (labels, config_type): provenance strings stay out."""
+def _training_copy(
+    atoms: ase.Atoms, keys: ReferenceKeys, origin: str, force_origin: bool = False, carved_energies: bool = False
+) -> ase.Atoms:
+    """Only what the fine-tune reads (labels, config_type, core atoms and the energy/stress
+    weights of carved structures): provenance strings stay out."""
     clean = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     clean.info[keys.energy] = float(atoms.info[keys.energy])
     clean.arrays[keys.forces] = np.asarray(atoms.arrays[keys.forces], dtype=float)
     if keys.stress in atoms.info:
         clean.info[keys.stress] = np.asarray(atoms.info[keys.stress], dtype=float)
     clean.info["config_type"] = origin if force_origin else str(atoms.info.get("config_type", origin))
+    if ARRAY_CORE in atoms.arrays:
+        clean.arrays[ARRAY_CORE] = np.asarray(atoms.arrays[ARRAY_CORE], dtype=bool)
+        if not carved_energies:  # the energy of a piece cut out of a frame, surfaces and all
+            clean.info[INFO_ENERGY_WEIGHT] = clean.info[INFO_STRESS_WEIGHT] = 0.0
     return clean
 
 
@@ -396,15 +427,17 @@ def read_round_frames(config: RetrainConfig) -> RoundFrames:
     return RoundFrames(new=split, old=old, valid=valid)
 
 
-def write_training_sets(data_dir: Path, frames: RoundFrames, keys: ReferenceKeys) -> tuple[Path, Path | None]:
-    """(train file, validation file or None) for mace_run_train, plus the new-frame splits."""
+def write_training_sets(
+    data_dir: Path, frames: RoundFrames, keys: ReferenceKeys, carved_energies: bool = False
+) -> tuple[Path, Path | None]:
+    """(train file, validation file or None) for the fine-tune, plus the new-frame splits."""
     train_file = write_extxyz_atomic(
-        data_dir / "train.extxyz", _training_set(frames.old, "old", frames.new.train, keys)
+        data_dir / "train.extxyz", _training_set(frames.old, "old", frames.new.train, keys, carved_energies)
     )
     valid_file = None
     if frames.valid or frames.new.valid:
         valid_file = write_extxyz_atomic(
-            data_dir / "valid.extxyz", _training_set(frames.valid, "valid", frames.new.valid, keys)
+            data_dir / "valid.extxyz", _training_set(frames.valid, "valid", frames.new.valid, keys, carved_energies)
         )
     write_extxyz_atomic(data_dir / "new_train.extxyz", frames.new.train)
     if frames.new.valid:
@@ -415,11 +448,12 @@ def write_training_sets(data_dir: Path, frames: RoundFrames, keys: ReferenceKeys
 
 
 def _training_set(
-    existing: Sequence[ase.Atoms], origin: str, new: Sequence[ase.Atoms], keys: ReferenceKeys
+    existing: Sequence[ase.Atoms], origin: str, new: Sequence[ase.Atoms], keys: ReferenceKeys,
+    carved_energies: bool = False,
 ) -> list[ase.Atoms]:
     """`existing` frames (config_type: their own, else `origin`), then the new frames (weighted type)."""
-    return [_training_copy(a, keys, origin) for a in existing] + [
-        _training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True) for a in new
+    return [_training_copy(a, keys, origin, carved_energies=carved_energies) for a in existing] + [
+        _training_copy(a, keys, NEW_CONFIG_TYPE, force_origin=True, carved_energies=carved_energies) for a in new
     ]
 
 
@@ -455,26 +489,74 @@ def fine_tune(
     config: RetrainConfig, out_dir: Path, foundation_backbone, trainable: Path, train_file: Path,
     valid_file: Path | None,
 ) -> tuple[Path, Path]:
-    """Run mace_run_train; returns the retrained pickled model and its TorchScript conversion."""
+    """Fine-tune (mace_run_train; the atom-weighted loop when carved structures are in the data);
+    returns the retrained pickled model and its TorchScript conversion."""
     from probe_md.backbone.mace import save_mace_model
 
-    log_path = out_dir / "mace_train.log"
-    logger.info("retrain: mace_run_train, %d epochs (log: %s)", config.epochs, log_path)
-    arguments = mace_arguments(config, train_file, valid_file, foundation_backbone.metadata.dtype,
-                               foundation_e0s(foundation_backbone.model), trainable)
-    trained_pickle = run_mace_train(arguments, out_dir / "mace", log_path)
     retrained_pickle = out_dir / RETRAINED_PICKLE
-    with atomic_output(retrained_pickle) as temporary:  # never half a model under the final name
-        shutil.copyfile(trained_pickle, temporary)
+    if holds_carved(train_file, valid_file):
+        import torch
+
+        logger.info("retrain: carved structures, atom-weighted fine-tune, %d epochs", config.epochs)
+        model = fine_tune_on_cores(config, trainable, train_file, valid_file)
+        with atomic_output(retrained_pickle) as temporary:
+            torch.save(model, temporary)
+    else:
+        log_path = out_dir / "mace_train.log"
+        logger.info("retrain: mace_run_train, %d epochs (log: %s)", config.epochs, log_path)
+        arguments = mace_arguments(config, train_file, valid_file, foundation_backbone.metadata.dtype,
+                                   foundation_e0s(foundation_backbone.model), trainable)
+        trained_pickle = run_mace_train(arguments, out_dir / "mace", log_path)
+        with atomic_output(retrained_pickle) as temporary:  # never half a model under the final name
+            shutil.copyfile(trained_pickle, temporary)
     model_pt = out_dir / "model.pt"
     save_mace_model(_load_pickled(retrained_pickle), model_pt)
     return retrained_pickle, model_pt
 
 
+def holds_carved(*paths: Path | None) -> bool:
+    """Whether training/validation files hold carved structures (core atoms marked)."""
+    return any(
+        ARRAY_CORE in atoms.arrays for path in paths if path for atoms in ase.io.iread(path, index=":", format="extxyz")
+    )
+
+
+def fine_tune_on_cores(config: RetrainConfig, trainable: Path, train_file: Path, valid_file: Path | None):
+    """The foundation fine-tuned with per-atom force weights (probe_md.loop.core_finetune)."""
+    from probe_md.loop.core_finetune import FineTuneSettings, fine_tune_atom_weighted
+
+    settings = FineTuneSettings(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, energy_weight=config.energy_weight,
+        forces_weight=config.forces_weight, stress_weight=config.stress_weight,
+        config_type_weights={NEW_CONFIG_TYPE: config.new_frame_weight}, ema_decay=config.ema_decay,
+        seed=config.seed, device=config.device,
+    )
+    train = ase.io.read(train_file, index=":", format="extxyz")
+    valid = ase.io.read(valid_file, index=":", format="extxyz") if valid_file else []
+    return fine_tune_atom_weighted(_load_pickled(trainable), train, valid, config.keys, settings)
+
+
+def whole_frames_file(sources: Sequence[Path], destination: Path) -> Path | None:
+    """The frames of `sources` that are not carved pieces, written to `destination` (None if
+    there are none): a piece's buffer ends in vacuum, so its whole-structure force error and
+    pooled features describe surfaces the MD never sees, and the head labels structures by
+    the error over all their atoms."""
+    frames = [a for path in sources if path.is_file() for a in ase.io.read(path, index=":", format="extxyz")]
+    whole = [a for a in frames if ARRAY_CORE not in a.arrays]
+    return write_extxyz_atomic(destination, whole) if whole else None
+
+
+def head_pool_paths(config: RetrainConfig, out_dir: Path) -> list[Path]:
+    """head_data + the new whole frames MACE trained or validated on (not the held-out ones)."""
+    data = out_dir / "data"
+    seen = whole_frames_file([data / "new_train.extxyz", data / "new_valid.extxyz"], data / "head_new_frames.extxyz")
+    return [Path(p) for p in config.head_data] + ([seen] if seen else [])
+
+
 def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Path, dict]:
-    """Train a PROBE head for the new backbone on head_data + the new frames MACE trained or
-    validated on, then recalibrate it on the held-out new frames (the user's regime, unseen by
-    the head); returns the head file and its summary (threshold, criterion, class counts)."""
+    """Train a PROBE head for the new backbone on head_data + the new whole frames MACE trained
+    or validated on, then recalibrate it on the held-out new whole frames (the user's regime,
+    unseen by the head); returns the head file and its summary (threshold, criterion, counts)."""
     from probe_md.pipeline import TrainRequest, train_probe
     from probe_md.training import TrainingConfig
 
@@ -484,11 +566,10 @@ def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Pa
         training.max_epochs = config.head_max_epochs
     criterion, threshold = kept_criterion(config)
     head_path = out_dir / "head.pt"
-    new_seen = [p for p in (out_dir / "data" / "new_train.extxyz", out_dir / "data" / "new_valid.extxyz") if p.is_file()]
     _, head_info = train_probe(
         TrainRequest(
             model_path=model_pt,
-            data_paths=[Path(p) for p in config.head_data] + new_seen,
+            data_paths=head_pool_paths(config, out_dir),
             output_path=head_path,
             in_domain_path=Path(config.valid_data) if config.valid_data else None,
             criterion=criterion,
@@ -510,9 +591,9 @@ def recalibrate_on_holdout(model_pt: Path, head_path: Path, out_dir: Path) -> di
     the head as trained stays next to it as head_before_calibration.pt."""
     from probe_md.recalibration import CalibrateRequest, calibrate
 
-    holdout = out_dir / "data" / "new_holdout.extxyz"
-    if not holdout.is_file():
-        return "skipped: no held-out new frames"
+    holdout = whole_frames_file([out_dir / "data" / "new_holdout.extxyz"], out_dir / "data" / "head_holdout.extxyz")
+    if holdout is None:
+        return "skipped: no held-out new whole frames"
     trained = head_path.with_name("head_before_calibration.pt")
     shutil.copyfile(head_path, trained)
     try:  # calibrate writes head.pt atomically: a failure leaves the trained head in place
@@ -535,7 +616,7 @@ def retrain(config: RetrainConfig) -> dict:
         "%d validation frames", counts["new_train"], counts["new_valid"], counts["new_holdout"],
         counts["old_replayed"], counts["valid"],
     )
-    train_file, valid_file = write_training_sets(out_dir / "data", frames, config.keys)
+    train_file, valid_file = write_training_sets(out_dir / "data", frames, config.keys, config.carved_energies)
     foundation_backbone = MaceBackbone.from_file(foundation, allow_pickle=True)
     before, notes = model_in_use(config, foundation_backbone, frames)
     errors_before = errors_by_set(before, frames, config.keys)
@@ -551,6 +632,8 @@ def retrain(config: RetrainConfig) -> dict:
 
             export_fused_model(model_pt, head_path, out_dir / "fused.pt")
             files["fused"] = str(out_dir / "fused.pt")
+        if holds_carved(*(Path(p) for p in config.new_data)):
+            notes.append("carved structures are not in the head's training pool (their buffers end in vacuum)")
     else:
         notes.append("no --head-data: the PROBE head was not refitted (the old head does not fit the new backbone)")
     report = {
@@ -560,6 +643,7 @@ def retrain(config: RetrainConfig) -> dict:
         "frames": counts,
         "mace_run_train": {**{name: getattr(config, name) for name in REPORTED_SETTINGS},
                            "extra_args": list(config.extra_mace_args)},
+        "trainer": (TRAINER_CORES if holds_carved(train_file, valid_file) else "mace_run_train"),
         "errors_before": {k: asdict(v) for k, v in errors_before.items()},
         "errors_after": {k: asdict(v) for k, v in errors_after.items()},
         "head": head_summary,
