@@ -70,7 +70,7 @@ def conformal_offset(log_bounds: np.ndarray, target: np.ndarray, coverage: float
 def width_scale(head: ProbeHead, atom_counts: torch.Tensor) -> np.ndarray:
     """The per-structure factor on the interval's half-widths (see ProbeHead.readout_log_error)."""
     with torch.no_grad():
-        exponent = float(head.error_width_size_exponent)
+        exponent = float(head.error_width_size_exponent.detach())
     return np.exp(-exponent * np.log(atom_counts.double().numpy() / ERROR_WIDTH_REFERENCE_ATOMS))
 
 
@@ -90,7 +90,7 @@ def calibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: 
     head.error_interval_offset.fill_(offset)
     head.error_fitted.fill_(1.0)
     return {"error_interval_offset": offset,
-            "error_width_size_exponent": float(head.error_width_size_exponent),
+            "error_width_size_exponent": float(head.error_width_size_exponent.detach()),
             "error_interval_coverage_before_offset": interval_coverage(np.exp(raw_bounds), np.asarray(errors))}
 
 

@@ -244,7 +244,7 @@ def test_template_dump_flagged_holds_only_flagged_frames(tiny_fused, tmp_path):
 def test_template_monitor_thermo_prints_reliability(tiny_fused, tmp_path):
     log = run_template("monitor_thermo.in", tmp_path, model=tiny_fused, every=2, nsteps=2)
     header = next(line for line in log.splitlines() if line.split()[:1] == ["Step"])
-    assert header.split()[-2:] == ["reliability", "logit"]
+    assert header.split()[-5:] == ["reliability", "logit", "predicted_error", "error_low", "error_high"]
 
 
 # ----------------------------------------------------------------------------- the demo
