@@ -120,3 +120,28 @@ def test_region_wrapping_around_the_cell_is_refused():
     frame = with_importance(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), hot=list(range(32)))
     with pytest.raises(CarveError, match="wraps around the periodic cell"):
         carve_frame(frame, config(top_k=None, min_importance=5.0))
+
+
+def test_grown_core_holds_every_atom_near_a_picked_one_with_exact_environments():
+    frame = with_importance(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(4), hot=[0])  # a corner atom
+    (piece,) = carve_frame(frame, config(top_k=1, core_radius=3.0))
+    core = set(piece.arrays[ARRAY_FRAME_INDEX][piece.arrays[ARRAY_CORE]].tolist())
+    first, second = neighbor_list("ij", frame, 3.0)
+    assert core == {0, *second[first == 0].tolist()} and len(core) == 13  # itself + 12 nearest neighbours
+    assert_core_environments_exact(frame, [piece], BUFFER)
+
+
+def test_grown_core_is_exact_in_a_triclinic_cell():
+    frame = bulk("Cu", "fcc", a=3.61).repeat((5, 6, 7))
+    cell = frame.cell.array.copy()
+    cell[2] += 0.3 * cell[0]
+    frame.set_cell(cell, scale_atoms=True)
+    frame = with_importance(frame, hot=[0, 209])
+    pieces = carve_frame(frame, config(top_k=2, core_radius=3.0))
+    assert all(p.arrays[ARRAY_CORE].sum() > 2 for p in pieces)
+    assert_core_environments_exact(frame, pieces, BUFFER)
+
+
+def test_negative_core_radius_is_refused():
+    with pytest.raises(ValueError, match="--core-radius must be >= 0"):
+        config(core_radius=-1.0)

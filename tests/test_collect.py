@@ -213,3 +213,16 @@ def test_collect_carve_bad_input_gets_one_line(tmp_path, tiny_mace_path, capsys)
     assert main(["collect", str(run), *common, "--max-atoms", "10"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "more than --max-atoms 10" in err
+
+
+def test_collect_carve_core_radius_grows_the_core(tmp_path, tiny_mace_path, capsys):
+    run = write_hot_run(tmp_path / "run", [big_cu_frame(0)], [10], [[0]])
+    pool = tmp_path / "pool.extxyz"
+    common = ["-o", str(pool), "--carve", "--top-k", "1", "--buffer", "4", "--model", str(tiny_mace_path),
+              "--no-progress"]
+    assert main(["collect", str(run), *common, "--core-radius", "3"]) == 0
+    (piece,) = ase.io.read(pool, ":")
+    assert piece.arrays["probe_core"].sum() == 13  # the picked atom and its 12 nearest neighbours
+    assert main(["collect", str(run), "-o", str(tmp_path / "other.extxyz"), *common[2:], "--core-radius", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--core-radius must be >= 0" in err

@@ -41,6 +41,9 @@ def add_carve_arguments(group) -> None:
     group.add_argument("--min-importance", type=float, default=defaults.min_importance,
                        help="core atoms need at least this importance, 1 = average atom (default %(default)s; "
                             "0 = any)")
+    group.add_argument("--core-radius", type=float, default=defaults.core_radius,
+                       help="Å: every atom this close to a picked atom is a core atom too; a compact core gives "
+                            "more trusted forces per labelled atom (default %(default)s: the picked atoms only)")
     group.add_argument("--buffer", type=float, default=defaults.buffer,
                        help="Å kept around every core atom as in the frame (default: the model's "
                             "layers x r_max, 8 Å for the embedded Cu model)")
@@ -58,7 +61,8 @@ def carve_config(args: argparse.Namespace) -> CarveConfig | None:
     """The CarveConfig of --carve and its options (checked now, before any work), else None."""
     if not args.carve:
         return None
-    return CarveConfig(top_k=args.top_k or None, min_importance=args.min_importance or None, buffer=args.buffer,
+    return CarveConfig(top_k=args.top_k or None, min_importance=args.min_importance or None,
+                       core_radius=args.core_radius, buffer=args.buffer,
                        link=args.link, gap=args.gap, max_atoms=args.max_atoms, periodic=not args.cluster)
 
 

@@ -45,8 +45,9 @@ class CarveConfig:
     """How to pick core atoms and cut their regions; None lengths come from the MLIP
     (buffer: layers x r_max, link and gap: r_max), see `with_receptive_field`."""
 
-    top_k: int | None = DEFAULT_TOP_K  # at most this many core atoms per frame (None: no limit)
-    min_importance: float | None = DEFAULT_MIN_IMPORTANCE  # core atoms need at least this importance (1 = average atom)
+    top_k: int | None = DEFAULT_TOP_K  # at most this many picked atoms per frame (None: no limit)
+    min_importance: float | None = DEFAULT_MIN_IMPORTANCE  # picked atoms need at least this importance (1 = average atom)
+    core_radius: float = 0.0  # Å: every atom this close to a picked atom is a core atom too
     buffer: float | None = None  # Å around every core atom, kept as in the frame
     link: float | None = None  # Å, core atoms closer than this belong to one region
     gap: float | None = None  # Å of vacuum between the piece and its periodic images
@@ -60,6 +61,8 @@ class CarveConfig:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
         if self.max_atoms < 1:
             raise ValueError(f"--max-atoms must be >= 1, got {self.max_atoms}")
+        if self.core_radius < 0:
+            raise ValueError(f"--core-radius must be >= 0 Å, got {self.core_radius}")
         for name in ("buffer", "link", "gap"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -163,6 +166,19 @@ def images_within(atoms: ase.Atoms, centre: np.ndarray, radius: float) -> tuple[
     return np.concatenate(found_atoms), np.concatenate(found_shifts).astype(int)
 
 
+def grown_core(atoms: ase.Atoms, region: np.ndarray, core_shifts: np.ndarray, radius: float):
+    """(frame indices, integer image shifts) of the region's picked atoms, first, then every
+    other atom image within `radius` of one of them; each image once."""
+    images: dict[tuple, None] = {(int(a), *map(int, s)): None for a, s in zip(region, core_shifts)}
+    if radius > 0:
+        for atom, shift in zip(region, core_shifts):
+            centre = atoms.positions[atom] + shift @ atoms.cell.array
+            for index, image_shift in zip(*images_within(atoms, centre, radius)):
+                images.setdefault((int(index), *map(int, image_shift)), None)
+    keys = np.array(list(images), dtype=int)
+    return keys[:, 0], keys[:, 1:]
+
+
 def region_atoms(atoms: ase.Atoms, region: np.ndarray, core_shifts: np.ndarray, buffer: float):
     """(frame indices, integer image shifts, core flags) of every atom image within `buffer`
     of a core atom, core atoms first, each image once."""
@@ -188,12 +204,14 @@ def box_lengths(positions: np.ndarray, is_core: np.ndarray, buffer: float, gap: 
 
 def carve_region(atoms: ase.Atoms, region: np.ndarray, config: CarveConfig, number: int) -> ase.Atoms:
     """The carved structure of one region (config resolved: buffer, link and gap set)."""
-    core_shifts = unwrapped_core_shifts(atoms, region, config.link)
-    indices, shifts, is_core = region_atoms(atoms, region, core_shifts, config.buffer)
+    core, core_shifts = grown_core(atoms, region, unwrapped_core_shifts(atoms, region, config.link),
+                                   config.core_radius)
+    indices, shifts, is_core = region_atoms(atoms, core, core_shifts, config.buffer)
     if len(indices) > config.max_atoms:
         raise CarveError(
-            f"{frame_name(atoms)}: region {number} ({len(region)} core atoms) carves to {len(indices)} atoms, "
-            f"more than --max-atoms {config.max_atoms}: raise --max-atoms or pick fewer core atoms (--top-k)"
+            f"{frame_name(atoms)}: region {number} ({len(core)} core atoms) carves to {len(indices)} atoms, "
+            f"more than --max-atoms {config.max_atoms}: raise --max-atoms or pick fewer core atoms "
+            "(--top-k, --core-radius)"
         )
     positions = atoms.positions[indices] + shifts @ atoms.cell.array
     lengths = box_lengths(positions, is_core, config.buffer, config.gap)
