@@ -82,3 +82,12 @@ def test_one_class_frames_are_refused():
 def test_logit_map_apply_matches_its_definition():
     fitted = LogitMap("temperature", temperature=2.0, bias=1.0)
     np.testing.assert_allclose(fitted.apply(np.array([1.0, -3.0])), [1.0, -1.0])
+
+
+def test_isotonic_blocks_of_one_class_are_smoothed_not_certain():
+    logits = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    labels = np.array([False, False, False, True, False, True, True, True])
+    fitted = fit_isotonic(logits, labels)
+    p = 1 / (1 + np.exp(-np.array(fitted.knots_y)))
+    np.testing.assert_allclose(p, [0.5 / 4, 0.5, 3.5 / 4])  # blocks: 3 unreliable, 1 + 1 mixed, 3 reliable
+    assert np.all(np.diff(fitted.knots_y) > 0)

@@ -4,8 +4,8 @@ the hot spot of held-out frames, for the model before and after each retraining 
     python examples/carve_loop/report.py WORK [--out WORK/carve_loop.json]
 
 WORK is the folder `run.sh` filled: md0 (the first run), labelled_test.extxyz (its flagged
-frames after the last training step, labelled whole with cu-snap), and per round R in
-{carved, whole}: labelled_R.extxyz, round_R/ and md1_R/.
+frames after the last training step, labelled whole with cu-snap), labelled_KIND.extxyz for
+KIND in {carved, whole}, and per round KIND+EPOCHS (e.g. carved40): round_<round>/ and md1_<round>/.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from probe_md.loop.retrain import model_errors
 from probe_md.structures import ReferenceKeys
 
 HOT_RADIUS = 2.0 * 3.615  # Å: hot_spot.in's r_hot (2 lattice constants) about the cell centre
-ROUNDS = ("carved", "whole")
+KINDS = ("carved", "whole")
 
 
 def hot_spot_only(atoms: ase.Atoms) -> ase.Atoms:
@@ -65,14 +65,19 @@ def report(work: Path) -> dict:
     result = {"test_frames": {"steps": [int(a.info["step"]) for a in frames], "atoms": len(frames[0]),
                               "hot_spot_atoms": int(hot_spot_only(frames[0]).arrays[ARRAY_CORE].sum())},
               "md0": checks(work / "md0"), "before": test_errors(default_model_path(), frames)}
-    for name in ROUNDS:
-        if not (work / f"round_{name}" / "model.pt").is_file():
+    for model in sorted(work.glob("round_*/model.pt")):
+        name = model.parent.name.removeprefix("round_")
+        kind = name.rstrip("0123456789")
+        if kind not in KINDS:
             continue
         retrain = json.loads((work / f"round_{name}" / "retrain_report.json").read_text())
-        result[name] = {"labelled": labelled_atoms(work / f"labelled_{name}.extxyz"),
+        result[name] = {"labelled": labelled_atoms(work / f"labelled_{kind}.extxyz"),
                         "epochs": retrain["mace_run_train"]["epochs"], "trainer": retrain["trainer"],
                         "fine_tune_seconds": retrain["wall_seconds"],
-                        "after": test_errors(work / f"round_{name}" / "model.pt", frames)}
+                        "after": test_errors(model, frames),
+                        "valid_force_rmse_mev_per_a": {  # the default's validation set: in-domain forgetting
+                            when: round(1000 * retrain[f"errors_{when}"]["valid"]["force_rmse_ev_per_a"], 2)
+                            for when in ("before", "after")}}
         if (work / f"md1_{name}" / "reliability.jsonl").is_file():
             result[name]["md1"] = checks(work / f"md1_{name}")
     return result
@@ -82,9 +87,8 @@ def print_table(result: dict) -> None:
     before = result["before"]["hot_spot_force_rmse_mev_per_a"]
     print(f"md0: {result['md0']['flagged']}/{result['md0']['checks']} checks flagged; "
           f"hot-spot force RMSE on held-out frames {before} meV/Å")
-    for name in ROUNDS:
-        if name in result:
-            r = result[name]
+    for name, r in result.items():
+        if name.rstrip("0123456789") in KINDS:
             md1 = r.get("md1", {})
             print(f"{name}: labelled {r['labelled']['atoms']} atoms ({r['labelled']['trusted_atoms']} trusted) in "
                   f"{r['labelled']['structures']} structures; hot-spot RMSE {before} -> "
