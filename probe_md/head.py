@@ -9,6 +9,12 @@ Two more readouts share the pooled vector: an optional monotone piecewise-linear
 calibrated logit (isotonic recalibration, `probe-md calibrate`), and the predicted error:
 quantiles 10/50/90 % of log(error) in the criterion's units, the interval widened by a
 conformal offset so that it covers 80 % of held-out structures.
+
+A head trained with errors takes its reliability logit from the predicted error: the margin of
+the median below the threshold in units of the predicted spread, whose width shrinks with the
+atom count. That ranks and calibrates better at the onset of unreliability than the classifier
+readout (docs/notes/logit_from_error.md); the classifier readout stays the logit of heads
+trained on labels alone and of older files.
 """
 
 from __future__ import annotations
@@ -105,6 +111,8 @@ ERROR_QUANTILES = (0.1, 0.5, 0.9)
 # The interval's width scales as (atoms / this)^-exponent, the exponent learned: a force RMSE
 # averages over more atoms in a bigger cell, and the pooled vector (an average) cannot know N.
 ERROR_WIDTH_REFERENCE_ATOMS = 64.0
+# The 90 % quantile of a standard normal: the 10-90 % half-width of a normal spread in sigmas.
+NORMAL_Z90 = 1.2815515655446004
 
 
 class HeadOutput(NamedTuple):
@@ -139,6 +147,10 @@ class ProbeHead(nn.Module):
         # widens the interval in log space; error_fitted = 0 means "not trained" (old heads).
         self.register_buffer("error_fitted", torch.zeros(()))
         self.register_buffer("error_interval_offset", torch.zeros(()))
+        # logit_from_error = 1: the raw logit is the predicted error's margin below exp(log_threshold).
+        self.register_buffer("logit_from_error", torch.zeros(()))
+        self.register_buffer("log_threshold", torch.zeros(()))
+        self.normal_z90: float = NORMAL_Z90  # a plain float for TorchScript
         self.error_width_size_exponent = nn.Parameter(torch.zeros(()))
         self.error_width_reference_atoms: float = ERROR_WIDTH_REFERENCE_ATOMS  # a plain float for TorchScript
         self.atom_mlp = nn.Sequential(
@@ -176,9 +188,12 @@ class ProbeHead(nn.Module):
         )
         return scores, values
 
-    def readout_logit(self, pooled: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        """Logit [G] from pooled vectors [G, H*D]."""
-        logit = self.readout(pooled).squeeze(-1)
+    def readout_logit(self, pooled: torch.Tensor, atom_counts: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """Logit [G] from pooled vectors [G, H*D] of structures with `atom_counts` [G] atoms."""
+        if float(self.logit_from_error) > 0.5:
+            logit = self.error_margin(pooled, atom_counts)
+        else:
+            logit = self.readout(pooled).squeeze(-1)
         if not calibrated:
             return logit
         logit = (logit + self.logit_bias) / self.temperature
@@ -198,6 +213,15 @@ class ProbeHead(nn.Module):
         upper = median + torch.clamp(nn.functional.softplus(raw[:, 2]) + offset, min=0.0) * scale
         return torch.stack([lower, median, upper], dim=1)
 
+    def error_margin(self, pooled: torch.Tensor, atom_counts: torch.Tensor) -> torch.Tensor:
+        """(log threshold - median log error) / sigma [G]: sigma is the predicted spread on the
+        threshold's side of the median (the raw 10-90 % half-width over NORMAL_Z90)."""
+        bounds = self.readout_log_error(pooled, atom_counts, widened=False)
+        median = bounds[:, 1]
+        below = self.log_threshold < median
+        half_width = torch.where(below, median - bounds[:, 0], bounds[:, 2] - median)
+        return (self.log_threshold - median) * self.normal_z90 / torch.clamp(half_width, min=1e-6)
+
     def readout_error(self, pooled: torch.Tensor, atom_counts: torch.Tensor) -> torch.Tensor:
         """Predicted error [G, 3]: (lower, median, upper) of the 80 % interval, criterion units;
         NaN when the head was trained without errors."""
@@ -216,10 +240,10 @@ class ProbeHead(nn.Module):
         scores, values = self.atom_terms(features)
         pool = partial_pool(scores, values, batch, num_graphs)
         pooled = finish_pool(pool)
-        logits = self.readout_logit(pooled, calibrated=calibrated)
-        attention = torch.exp(scores - pool.max_score[batch]) / pool.sum_exp[batch]
         atom_counts = torch.zeros(num_graphs, dtype=pooled.dtype, device=pooled.device).index_add(
             0, batch, torch.ones_like(batch, dtype=pooled.dtype))
+        logits = self.readout_logit(pooled, atom_counts, calibrated=calibrated)
+        attention = torch.exp(scores - pool.max_score[batch]) / pool.sum_exp[batch]
         return HeadOutput(logits, attention, pooled, atom_counts)
 
 

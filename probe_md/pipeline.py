@@ -16,6 +16,8 @@ from probe_md.io_utils import check_output_path
 from probe_md.reliability_labels import (
     DEFAULT_CRITERION,
     DEFAULT_THRESHOLD_MULTIPLE,
+    FORCE_CRITERIA,
+    atom_force_errors,
     class_balance,
     check_threshold,
     default_threshold,
@@ -72,7 +74,11 @@ def train_probe(request: TrainRequest) -> tuple[ProbeClassifier, HeadInfo]:
     balance = class_balance(is_reliable)
     logger.info("criterion %s, threshold %.4g (%s): %s", request.criterion, threshold, threshold_rule, balance)
     features = [p.features for p in predictions]
-    classifier = ProbeClassifier(request.head_config, request.training).fit(features, is_reliable, errors)
+    # Per-atom force errors feed the auxiliary target where the criterion is about forces.
+    atom_errors = (atom_force_errors(predictions, structures, request.keys)
+                   if request.criterion in FORCE_CRITERIA else None)
+    classifier = ProbeClassifier(request.head_config, request.training).fit(
+        features, is_reliable, errors, threshold, atom_errors)
     reliable_train = [features[i] for i in classifier.split_.train if is_reliable[i]]
     density = FeatureDensity().fit(reliable_train)
     info = HeadInfo(

@@ -54,7 +54,7 @@ class CalibrateRequest:
 def base_logits(head: ProbeHead, pooled: PooledStructures) -> np.ndarray:
     """(raw + bias) / temperature: the logit before any isotonic knots."""
     with torch.no_grad():
-        raw = head.readout_logit(pooled.vectors, calibrated=False)
+        raw = head.readout_logit(pooled.vectors, pooled.atom_counts, calibrated=False)
         return ((raw + head.logit_bias) / head.temperature).double().numpy()
 
 
@@ -123,7 +123,7 @@ def calibrate(request: CalibrateRequest) -> dict:
     is_reliable = label_reliable(errors, info.threshold)
     pooled = pooled_vectors(head, [p.features for p in predictions])
     with torch.no_grad():
-        p_before = expit(head.readout_logit(pooled.vectors).double().numpy())
+        p_before = expit(head.readout_logit(pooled.vectors, pooled.atom_counts).double().numpy())
     choice = choose_logit_map(base_logits(head, pooled), is_reliable, request.folds)
     report = {
         "data": [str(p) for p in request.data_paths],

@@ -42,6 +42,18 @@ def structure_errors(
     return errors
 
 
+def atom_force_errors(
+    predictions: Sequence[StructurePrediction],
+    structures: Sequence[ase.Atoms],
+    keys: ReferenceKeys = ReferenceKeys(),
+) -> list[np.ndarray]:
+    """Per structure: every atom's force error |F_MLIP - F_ref| [n_atoms] (eV/Å)."""
+    return [np.linalg.norm(p.forces - reference_forces(a, keys), axis=1) for p, a in zip(predictions, structures)]
+
+
+FORCE_CRITERIA = ("force-rmse", "force-max")
+
+
 def default_threshold(
     in_domain_errors: np.ndarray, multiple: float = DEFAULT_THRESHOLD_MULTIPLE
 ) -> float:

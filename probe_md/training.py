@@ -44,8 +44,12 @@ class TrainingConfig:
     batch_structures: int = 64
     validation_fraction: float = 0.15
     calibration_fraction: float = 0.15
-    # with errors given: weight of the predicted-error (pinball) loss next to the classifier's
-    error_loss_weight: float = 1.0
+    # with errors given: weight of the predicted-error (pinball) loss next to the classifier's;
+    # 3 (not 1) because that readout gives the logit (docs/notes/logit_from_error.md)
+    error_loss_weight: float = 3.0
+    # with per-atom errors given: weight of the auxiliary loss that makes value channel 0 of
+    # every attention head predict log(atom's force error / threshold)
+    atom_error_loss_weight: float = 2.0
     seed: int = 0
 
 
@@ -123,23 +127,33 @@ def _scaled_head(features: Sequence[np.ndarray], train: np.ndarray, head_config:
     return head
 
 
+def atom_error_loss(head: ProbeHead, packed: "_Packed", targets: torch.Tensor) -> torch.Tensor:
+    """Huber loss of value channel 0 of every attention head against per-atom targets [N]."""
+    _, values = head.atom_terms(packed.features)
+    predicted = values[:, :, 0]
+    return torch.nn.functional.huber_loss(predicted, targets.unsqueeze(1).expand_as(predicted))
+
+
 def _train_with_early_stopping(
     head: ProbeHead, features: Sequence[np.ndarray], labels: torch.Tensor, split: SplitIndices, cfg: TrainingConfig,
-    target_log_errors: torch.Tensor | None = None,
+    target_log_errors: torch.Tensor | None = None, atom_targets: Sequence[np.ndarray] | None = None,
 ) -> tuple[int, int, float]:
-    """Fit the uncalibrated logit on the train split (and, given log errors, the error quantiles
-    from the same pooled vector); keeps the weights of the epoch with the lowest validation loss.
-    Returns (epochs run, best epoch, best validation loss)."""
+    """Fit the classifier logit on the train split (and, given log errors, the error quantiles
+    from the same pooled vector; given per-atom targets, value channel 0); keeps the weights of
+    the epoch with the lowest validation loss. Returns (epochs run, best epoch, best validation loss)."""
     train_labels = labels[split.train]
     # Class-balanced loss: weight the reliable class by n_unreliable / n_reliable.
     pos_weight = (1 - train_labels).sum() / train_labels.sum().clamp(min=1)
     bce = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
-    def loss_fn(out, chosen) -> torch.Tensor:
+    def loss_fn(out, chosen, packed) -> torch.Tensor:
         loss = bce(out.logits, labels[chosen])
         if target_log_errors is not None:
             predicted = head.readout_log_error(out.pooled, out.atom_counts, widened=False)
             loss = loss + cfg.error_loss_weight * pinball_loss(predicted, target_log_errors[chosen])
+        if atom_targets is not None and cfg.atom_error_loss_weight > 0:
+            targets = torch.as_tensor(np.concatenate([atom_targets[i] for i in chosen]), dtype=packed.features.dtype)
+            loss = loss + cfg.atom_error_loss_weight * atom_error_loss(head, packed, targets)
         return loss
 
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -152,14 +166,14 @@ def _train_with_early_stopping(
         for begin in range(0, len(order), cfg.batch_structures):
             chosen = order[begin : begin + cfg.batch_structures]
             packed = pack([features[i] for i in chosen])
-            loss = loss_fn(head(packed.features, packed.batch, packed.num_graphs, calibrated=False), chosen)
+            loss = loss_fn(head(packed.features, packed.batch, packed.num_graphs, calibrated=False), chosen, packed)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         head.eval()
         with torch.no_grad():
             out = head(validation.features, validation.batch, validation.num_graphs, calibrated=False)
-            val_loss = float(loss_fn(out, split.validation))
+            val_loss = float(loss_fn(out, split.validation, validation))
         epochs_run = epoch + 1
         if val_loss < best_loss - 1e-5:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(head.state_dict()), epoch
@@ -173,7 +187,8 @@ def _train_with_early_stopping(
 def _calibrate(
     head: ProbeHead, features: Sequence[np.ndarray], labels: torch.Tensor, calibration: np.ndarray
 ) -> tuple[float, float]:
-    """Fit and store the head's temperature and logit bias on the calibration split."""
+    """Fit and store the head's temperature and logit bias on the calibration split (of
+    whichever raw logit the head reads: the classifier's or the predicted error's margin)."""
     packed = pack([features[i] for i in calibration])
     with torch.no_grad():
         logits = head(packed.features, packed.batch, packed.num_graphs, calibrated=False).logits
@@ -181,6 +196,28 @@ def _calibrate(
     head.temperature.fill_(temperature)
     head.logit_bias.fill_(bias)
     return temperature, bias
+
+
+def _check_fit_inputs(features, is_reliable, errors, threshold, atom_errors) -> None:
+    """One line naming the first inconsistency between fit's inputs."""
+    if len(features) != len(is_reliable):
+        raise ValueError(f"{len(features)} feature arrays for {len(is_reliable)} labels")
+    if errors is not None and len(errors) != len(features):
+        raise ValueError(f"{len(features)} feature arrays for {len(errors)} errors")
+    if threshold is not None and errors is not None and not np.array_equal(np.asarray(errors) < threshold, is_reliable):
+        raise ValueError(f"the labels are not errors < threshold {threshold:g}")
+    if atom_errors is not None:
+        if threshold is None:
+            raise ValueError("per-atom errors need the threshold (their target is error / threshold)")
+        lengths = [len(a) for a in atom_errors]
+        if lengths != [len(f) for f in features]:
+            raise ValueError("per-atom errors do not match the feature arrays' atom counts")
+
+
+def atom_log_error_ratios(atom_errors: Sequence[np.ndarray], threshold: float) -> list[np.ndarray]:
+    """log(atom's force error / threshold), floored at 1e-3 of the threshold (an exact force
+    would be -inf)."""
+    return [np.log(np.maximum(np.asarray(a, float) / threshold, 1e-3)).astype(np.float32) for a in atom_errors]
 
 
 class ProbeClassifier:
@@ -202,14 +239,14 @@ class ProbeClassifier:
 
     # --- fitting ---------------------------------------------------------------------
     def fit(
-        self, features: Sequence[np.ndarray], is_reliable: np.ndarray, errors: np.ndarray | None = None
+        self, features: Sequence[np.ndarray], is_reliable: np.ndarray, errors: np.ndarray | None = None,
+        threshold: float | None = None, atom_errors: Sequence[np.ndarray] | None = None,
     ) -> "ProbeClassifier":
-        """Fit the classifier; with `errors` (criterion units) also the predicted-error readout."""
+        """Fit the classifier; with `errors` (criterion units) also the predicted-error readout,
+        and with the `threshold` that labelled them the logit is taken from that readout.
+        `atom_errors` (per-atom force errors, eV/Å; needs the threshold) add the auxiliary target."""
         is_reliable = np.asarray(is_reliable, dtype=bool)
-        if len(features) != len(is_reliable):
-            raise ValueError(f"{len(features)} feature arrays for {len(is_reliable)} labels")
-        if errors is not None and len(errors) != len(features):
-            raise ValueError(f"{len(features)} feature arrays for {len(errors)} errors")
+        _check_fit_inputs(features, is_reliable, errors, threshold, atom_errors)
         if is_reliable.all() or not is_reliable.any():
             raise ValueError(
                 "all structures have the same label: choose a threshold that splits the data"
@@ -221,7 +258,12 @@ class ProbeClassifier:
         labels = torch.as_tensor(is_reliable, dtype=torch.float32)
         head = _scaled_head(features, split.train, self.head_config)
         target = None if errors is None else log_errors(errors)
-        epochs_run, best_epoch, best_loss = _train_with_early_stopping(head, features, labels, split, cfg, target)
+        atom_targets = None if atom_errors is None else atom_log_error_ratios(atom_errors, threshold)
+        epochs_run, best_epoch, best_loss = _train_with_early_stopping(
+            head, features, labels, split, cfg, target, atom_targets)
+        if errors is not None and threshold is not None:
+            head.log_threshold.fill_(float(np.log(threshold)))
+            head.logit_from_error.fill_(1.0)
         temperature, bias = _calibrate(head, features, labels, split.calibration)
         error_summary = {} if errors is None else calibrate_error_interval(
             head, pooled_vectors(head, [features[i] for i in split.calibration]), errors[split.calibration]
@@ -239,6 +281,7 @@ class ProbeClassifier:
             "n_train": int(len(split.train)),
             "n_validation": int(len(split.validation)),
             "n_calibration": int(len(split.calibration)),
+            "logit_from_error": bool(head.logit_from_error > 0.5),
             **error_summary,
         }
         if self.verbose:
@@ -343,8 +386,8 @@ def load_head(path: str | os.PathLike) -> tuple[ProbeHead, HeadInfo]:
 
 
 # Added after the first heads shipped: a file without them loads with their defaults (no
-# isotonic knots, no predicted error).
-_OPTIONAL_STATE_PREFIXES = ("calibration_knots_", "error_")
+# isotonic knots, no predicted error, the classifier's logit).
+_OPTIONAL_STATE_PREFIXES = ("calibration_knots_", "error_", "logit_from_error", "log_threshold")
 
 
 def load_head_state(head: ProbeHead, state: dict) -> None:

@@ -99,7 +99,7 @@ def test_fused_matches_backbone_and_head(exported, kind):
     max_score = scores.max(dim=0).values
     weights = torch.exp(scores - max_score)
     pooled = (weights.unsqueeze(-1) * values).sum(0) / weights.sum(0).unsqueeze(-1)
-    logit = fused.readout(pooled.reshape(1, -1))
+    logit = fused.readout(pooled.reshape(1, -1), torch.tensor([float(n_local)]))
     assert logit.dtype == torch.float64 and logit.shape == (1,)
     np.testing.assert_allclose(logit.item(), ref_out.logits.item(), atol=head_tol, err_msg="calibrated logit")
     predicted_error = fused.readout_error(pooled.reshape(1, -1), torch.tensor([float(n_local)]))

@@ -48,7 +48,7 @@ def test_calibrate_refits_the_map_and_reports_held_out_ece(head_and_shifted_fram
     pooled = pooled_vectors(head, [p.features for p in predictions])
     expected = choose_logit_map(base_logits(head, pooled), is_reliable, folds=3).chosen.apply(base_logits(head, pooled))
     with torch.no_grad():
-        np.testing.assert_allclose(new_head.readout_logit(pooled.vectors).numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(new_head.readout_logit(*pooled).numpy(), expected, atol=1e-5)
     assert new_info.metrics["recalibration"]["chosen"] == "temperature"
     assert new_info.threshold == info.threshold  # what "reliable" means does not change
 

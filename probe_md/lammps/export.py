@@ -25,7 +25,8 @@ from probe_md.head import ProbeHead
 from probe_md.io_utils import atomic_output, check_output_path
 from probe_md.mace_stages import StagedMace, why_not_stageable
 
-FUSED_FORMAT: Final[str] = "probe_md.fused/1"
+# /2: `readout` takes the atom counts (a head may read its logit from the predicted error).
+FUSED_FORMAT: Final[str] = "probe_md.fused/2"
 FUSED_METADATA_FILE: Final[str] = "probe_md_fused.json"
 
 
@@ -136,9 +137,11 @@ class FusedProbeMace(torch.nn.Module):
         return node_energy, forces, scores, values
 
     @torch.jit.export
-    def readout(self, pooled: Tensor) -> Tensor:
-        """Calibrated reliability logit [G] from softmax-pooled values [G, H*D]."""
-        logit = self.head.readout_logit(pooled.to(self.head.feature_mean.dtype), True)
+    def readout(self, pooled: Tensor, atom_counts: Tensor) -> Tensor:
+        """Calibrated reliability logit [G] from softmax-pooled values [G, H*D] and the
+        structures' atom counts [G] (a logit read from the predicted error depends on them)."""
+        dtype = self.head.feature_mean.dtype
+        logit = self.head.readout_logit(pooled.to(dtype), atom_counts.to(dtype), True)
         return logit.to(torch.float64)
 
     @torch.jit.export
@@ -315,4 +318,8 @@ def read_fused_metadata(path: str | os.PathLike) -> dict:
         raise ValueError(f"fused model file {path} is corrupt: {str(error).splitlines()[0]}") from None
     if not extra[FUSED_METADATA_FILE]:
         raise ValueError(f"{path} is not a probe-md fused model: export one with `probe-md export`")
-    return json.loads(extra[FUSED_METADATA_FILE])
+    metadata = json.loads(extra[FUSED_METADATA_FILE])
+    if metadata.get("format") != FUSED_FORMAT:
+        raise ValueError(f"fused model file {path} has format {metadata.get('format')!r}, this probe-md reads "
+                         f"{FUSED_FORMAT!r}: re-export it with `probe-md export --model M --head H -o fused.pt`")
+    return metadata

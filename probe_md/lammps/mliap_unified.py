@@ -435,12 +435,13 @@ class ProbeMliapUnified(MLIAPUnified):
         else:
             pool = PartialPool(*pool)
         pooled = finish_pool(pool).to(device=self.device_)
-        logit = float(self.model_.readout(pooled)[0])
+        atom_count = torch.full((1,), float(n_atoms), dtype=torch.float64, device=pooled.device)
+        logit = float(self.model_.readout(pooled, atom_count)[0])
         probability = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
         # importance: head-averaged attention of each atom within the whole system, times N
         attention = torch.exp(scores - pool.max_score[0]) / pool.sum_exp[0] if n_local else scores
         importances = (attention.mean(dim=1) * n_atoms).numpy() if n_local else np.zeros(0)
-        decision = self.monitor_.check(step, probability, logit, self._predicted_error(pooled, n_atoms))
+        decision = self.monitor_.check(step, probability, logit, self._predicted_error(pooled, atom_count))
         halt = decision.halt
         if self.comm_ is not None and self.comm_.Get_size() > 1:
             (halt,) = agree_max(self.comm_, (int(halt),))
@@ -454,13 +455,8 @@ class ProbeMliapUnified(MLIAPUnified):
             self._warn_unattached()
         self.pending_ = PendingActions(decision, n_local, importances, halt)
 
-    def _predicted_error(self, pooled: torch.Tensor, n_atoms: int) -> tuple[float, float, float] | None:
-        """(median, lower, upper) of the head's predicted error; None for older fused files."""
-        import torch
-
-        if not hasattr(self.model_, "readout_error"):
-            return None
-        atom_count = torch.full((1,), float(n_atoms), dtype=torch.float64, device=pooled.device)
+    def _predicted_error(self, pooled: torch.Tensor, atom_count: torch.Tensor) -> tuple[float, float, float]:
+        """(median, lower, upper) of the head's predicted error."""
         lower, median, upper = (float(v) for v in self.model_.readout_error(pooled, atom_count)[0])
         return median, lower, upper
 

@@ -44,7 +44,7 @@
 
 using namespace LAMMPS_NS;
 
-static const char FUSED_FORMAT[] = "probe_md.fused/1";
+static const char FUSED_FORMAT[] = "probe_md.fused/2";
 
 /* The torch side of the pair style: the model, its device, and the outputs of the step being
    computed (local atoms' energies and, when scoring, the head's per-atom scores and values). */
@@ -844,18 +844,16 @@ void PairProbeMace::pool_and_score(int nlocal)
   for (int h = 0; h < H; h++)
     for (int d = 0; d < D; d++) p[h * D + d] = sums[H + h * D + d] / sums[h];
   try {
-    torch::Tensor out = impl->call("readout", {pooled.to(impl->device)}).toTensor();
+    // The logit and the predicted error's width depend on the whole system's atom count.
+    torch::Tensor atom_count = torch::full({1}, static_cast<double>(atom->natoms),
+                                           torch::TensorOptions().dtype(torch::kFloat64))
+                                   .to(impl->device);
+    torch::Tensor out = impl->call("readout", {pooled.to(impl->device), atom_count}).toTensor();
     logit = out.to(torch::kCPU).item<double>();
-    // Fused files exported before the predicted-error readout lack the method: NaN.
-    std::fill(predicted_error, predicted_error + 3, std::numeric_limits<double>::quiet_NaN());
-    if (impl->model.find_method("readout_error").has_value()) {
-      torch::Tensor atom_count = torch::full({1}, static_cast<double>(atom->natoms),
-                                             torch::TensorOptions().dtype(torch::kFloat64));
-      torch::Tensor bounds =
-          impl->call("readout_error", {pooled.to(impl->device), atom_count.to(impl->device)}).toTensor();
-      bounds = bounds.to(torch::kCPU).contiguous();
-      for (int k = 0; k < 3; k++) predicted_error[k] = bounds.data_ptr<double>()[k];
-    }
+    torch::Tensor bounds =
+        impl->call("readout_error", {pooled.to(impl->device), atom_count}).toTensor();
+    bounds = bounds.to(torch::kCPU).contiguous();
+    for (int k = 0; k < 3; k++) predicted_error[k] = bounds.data_ptr<double>()[k];
   } catch (const std::exception &e) {
     std::string why = e.what();
     error->one(FLERR, "pair_style probe/mace: head readout failed: {}",
