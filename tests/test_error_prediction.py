@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from probe_md.error_prediction import conformal_offset, interval_coverage, pinball_loss
-from probe_md.metrics import spearman
-from probe_md.training import ProbeClassifier, TrainingConfig
+from probe_md.error_prediction import conformal_offset, interval_coverage, pinball_loss, pooled_vectors
+from probe_md.head import NORMAL_Z90
+from probe_md.metrics import auroc, spearman
+from probe_md.training import ProbeClassifier, TrainingConfig, atom_error_loss, atom_log_error_ratios, pack
 
 
 def graded_set(n: int, seed: int, dim: int = 8):
@@ -61,3 +62,62 @@ def test_pinball_loss_is_minimised_by_the_quantiles():
     right = torch.tensor([[-1.2816, 0.0, 1.2816]]).expand(len(target), 3)
     wrong = torch.tensor([[-0.5, 0.3, 0.5]]).expand(len(target), 3)
     assert pinball_loss(right, target) < pinball_loss(wrong, target)
+
+
+def graded_atom_errors(features: list[np.ndarray], errors: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Per-atom force errors: the three shifted atoms carry most of the structure's error."""
+    rng = np.random.default_rng(seed)
+    atom_errors = []
+    for atoms, error in zip(features, errors):
+        per_atom = np.full(len(atoms), 0.3 * error) * rng.lognormal(0, 0.1, len(atoms))
+        per_atom[:3] = 3.0 * error
+        atom_errors.append(per_atom)
+    return atom_errors
+
+
+@pytest.fixture(scope="module")
+def fitted_from_error():
+    features, errors = graded_set(300, seed=0)
+    config = TrainingConfig(max_epochs=40, patience=15, seed=0)
+    return ProbeClassifier({"hidden_dim": 32}, config, verbose=False).fit(
+        features, errors < 0.1, errors, 0.1, graded_atom_errors(features, errors, 0))
+
+
+def test_with_the_threshold_the_logit_is_the_predicted_errors_margin(fitted_from_error):
+    head = fitted_from_error.head_
+    assert float(head.logit_from_error) == 1.0 and float(head.log_threshold) == pytest.approx(np.log(0.1))
+    features, errors = graded_set(200, seed=3)
+    pooled = pooled_vectors(head, features)
+    with torch.no_grad():
+        lower, median, upper = head.readout_log_error(*pooled, widened=False).double().unbind(1)
+    threshold = np.log(0.1)
+    spread = torch.where(median > threshold, median - lower, upper - median) / NORMAL_Z90
+    expected = ((threshold - median) / spread + float(head.logit_bias)) / float(head.temperature)
+    np.testing.assert_allclose(fitted_from_error.predict_logit(features), expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert auroc(-fitted_from_error.predict_logit(features), errors >= 0.1) > 0.9
+
+
+def test_the_atom_error_target_trains_value_channel_zero(fitted_from_error):
+    features, errors = graded_set(300, seed=0)
+    config = TrainingConfig(max_epochs=40, patience=15, seed=0, atom_error_loss_weight=0.0)
+    without = ProbeClassifier({"hidden_dim": 32}, config, verbose=False).fit(
+        features, errors < 0.1, errors, 0.1, graded_atom_errors(features, errors, 0))
+    held_out, held_out_errors = graded_set(100, seed=4)
+    targets = atom_log_error_ratios(graded_atom_errors(held_out, held_out_errors, 4), 0.1)
+    packed = pack(held_out)
+    target = torch.as_tensor(np.concatenate(targets))
+    with torch.no_grad():
+        trained = float(atom_error_loss(fitted_from_error.head_, packed, target))
+        untrained = float(atom_error_loss(without.head_, packed, target))
+    assert trained < 0.5 * untrained  # 0.51 vs 1.51 here; other atoms carry what their features cannot tell
+
+
+def test_fit_names_inconsistent_errors_thresholds_and_atom_errors():
+    features, errors = graded_set(40, seed=5)
+    classifier = ProbeClassifier({"hidden_dim": 8}, TrainingConfig(max_epochs=2), verbose=False)
+    with pytest.raises(ValueError, match="labels are not errors < threshold"):
+        classifier.fit(features, errors < 0.2, errors, 0.1)
+    with pytest.raises(ValueError, match="need the threshold"):
+        classifier.fit(features, errors < 0.1, errors, None, graded_atom_errors(features, errors, 5))
+    with pytest.raises(ValueError, match="do not match"):
+        classifier.fit(features, errors < 0.1, errors, 0.1, [e[:-1] for e in graded_atom_errors(features, errors, 5)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from scipy.spatial import cKDTree
 
 from probe_md.backbone.mace import MaceBackbone, save_mace_model
 from probe_md.backbone.mace_factory import build_mace_model
-from probe_md.lammps.export import FUSED_FORMAT, export_fused_model, read_fused_metadata
+from probe_md.lammps.export import FUSED_FORMAT, FUSED_METADATA_FILE, export_fused_model, read_fused_metadata
 from probe_md.head import HeadConfig, ProbeHead, atom_importance
 from probe_md.training import HeadInfo, save_head
 from ghosts import periodic_images
@@ -27,6 +28,9 @@ def write_inputs(folder, dtype=torch.float64, seed=0):
     head.temperature.fill_(1.7)
     head.error_fitted.fill_(1.0)
     head.error_interval_offset.fill_(0.3)
+    # the logit of heads trained with errors: the predicted error's margin (reads the atom count)
+    head.logit_from_error.fill_(1.0)
+    head.log_threshold.fill_(-0.5)
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.6, backbone_fingerprint="test"), head_path)
     return mace_path, head_path
 
@@ -185,3 +189,13 @@ def test_unwritable_output_is_refused_before_loading(tmp_path, monkeypatch, caps
     assert main(["export", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(out) in err
+
+
+def test_a_fused_file_of_an_older_format_says_re_export(tmp_path):
+    mace_path, head_path = write_inputs(tmp_path)
+    metadata = export_fused_model(mace_path, head_path, tmp_path / "fused.pt")
+    old = tmp_path / "old.pt"  # format 1: `readout` took no atom counts
+    torch.jit.save(torch.jit.load(str(tmp_path / "fused.pt")), str(old),
+                   _extra_files={FUSED_METADATA_FILE: json.dumps({**metadata, "format": "probe_md.fused/1"})})
+    with pytest.raises(ValueError, match="format 'probe_md.fused/1'.*re-export it"):
+        read_fused_metadata(old)

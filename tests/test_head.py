@@ -2,6 +2,7 @@ import torch
 
 from probe_md.head import (
     HeadConfig,
+    NORMAL_Z90,
     ProbeHead,
     atom_importance,
     finish_pool,
@@ -104,3 +105,21 @@ def test_predicted_error_is_ordered_and_nan_until_fitted():
         _, big_median, big_upper = head.readout_error(pooled, counts * 4)[0]
     torch.testing.assert_close(big_median, median)
     torch.testing.assert_close(torch.log(big_upper / big_median), 0.5 * torch.log(upper / median))
+
+
+def test_a_head_reading_its_logit_from_the_error_uses_the_margin_below_the_threshold():
+    head = _head(6)
+    features, batch = torch.randn(9, 6), torch.zeros(9, dtype=torch.long)
+    classifier_logit = head(features, batch, 1, calibrated=False).logits
+    head.logit_from_error.fill_(1.0)
+    head.log_threshold.fill_(-3.0)
+    out = head(features, batch, 1, calibrated=False)
+    lower, median, upper = head.readout_log_error(out.pooled, out.atom_counts, widened=False)[0]
+    half_width = (median - lower) if median > -3.0 else (upper - median)
+    torch.testing.assert_close(out.logits[0], (-3.0 - median) * NORMAL_Z90 / half_width)
+    assert not torch.allclose(out.logits, classifier_logit)
+    # a lower threshold can only lower the logit, and the scripted head agrees
+    head.log_threshold.fill_(-4.0)
+    assert head(features, batch, 1, calibrated=False).logits[0] < out.logits[0]
+    scripted = torch.jit.script(head)
+    torch.testing.assert_close(scripted(features, batch, 1).logits, head(features, batch, 1).logits)
