@@ -20,6 +20,10 @@ import torch
 from probe_md.head import ERROR_QUANTILES, ERROR_WIDTH_REFERENCE_ATOMS, ProbeHead
 
 ERROR_FLOOR = 1e-12  # a zero error (identical forces) would have log = -inf
+# With a threshold, errors below this fraction of it count as equally small: some structures'
+# errors vanish by symmetry (Si cells whose reference and MLIP forces are both zero), and their
+# logs would stretch the quantile readout over tens of e-folds (the interval, then the logit).
+ERROR_FLOOR_FRACTION = 1e-2
 INTERVAL_COVERAGE = ERROR_QUANTILES[2] - ERROR_QUANTILES[0]  # 0.8
 
 
@@ -45,8 +49,10 @@ def pooled_vectors(head: ProbeHead, features: Sequence[np.ndarray], batch_struct
     return PooledStructures(torch.cat(vectors), torch.cat(counts))
 
 
-def log_errors(errors: np.ndarray) -> torch.Tensor:
-    return torch.log(torch.as_tensor(np.maximum(np.asarray(errors, float), ERROR_FLOOR), dtype=torch.float32))
+def log_errors(errors: np.ndarray, threshold: float | None = None) -> torch.Tensor:
+    """log(error), floored at ERROR_FLOOR_FRACTION x the threshold (or ERROR_FLOOR without one)."""
+    floor = ERROR_FLOOR if threshold is None else max(ERROR_FLOOR, ERROR_FLOOR_FRACTION * threshold)
+    return torch.log(torch.as_tensor(np.maximum(np.asarray(errors, float), floor), dtype=torch.float32))
 
 
 def pinball_loss(log_bounds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,10 +86,11 @@ def interval_coverage(bounds: np.ndarray, errors: np.ndarray) -> float:
     return float(np.mean((errors >= bounds[:, 0]) & (errors <= bounds[:, 2])))
 
 
-def calibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: np.ndarray) -> dict:
+def calibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: np.ndarray,
+                             threshold: float | None = None) -> dict:
     """Set the conformal offset on held-out structures (the calibration split) and mark the
     readout as trained; returns a summary."""
-    target = log_errors(errors).double().numpy()
+    target = log_errors(errors, threshold).double().numpy()
     with torch.no_grad():
         raw_bounds = head.readout_log_error(*pooled, widened=False).double().numpy()
     offset = conformal_offset(raw_bounds, target, width_scale=width_scale(head, pooled.atom_counts))

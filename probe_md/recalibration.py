@@ -87,14 +87,15 @@ def out_of_fold_coverage(log_bounds: np.ndarray, target: np.ndarray, errors: np.
     return float(covered.mean())
 
 
-def recalibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: np.ndarray, folds: int) -> dict:
+def recalibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: np.ndarray, folds: int,
+                               threshold: float | None = None) -> dict:
     """Refit the conformal offset of the predicted-error interval on these frames."""
     if float(head.error_fitted) < 0.5:
         return {"predicted_error": "not in this head (trained without errors)"}
     with torch.no_grad():
         before = head.readout_error(*pooled).double().numpy()
         raw = head.readout_log_error(*pooled, widened=False).double().numpy()
-    target = log_errors(errors).double().numpy()
+    target = log_errors(errors, threshold).double().numpy()
     scale = width_scale(head, pooled.atom_counts)
     report = {
         "interval_coverage_before": interval_coverage(before, errors),
@@ -130,7 +131,7 @@ def calibrate(request: CalibrateRequest) -> dict:
         "n_frames": len(structures),
         "balance": str(class_balance(is_reliable)),
         **calibration_report(choice, p_before, is_reliable),
-        **recalibrate_error_interval(head, pooled, errors, request.folds),
+        **recalibrate_error_interval(head, pooled, errors, request.folds, info.threshold),
     }
     apply_logit_map(head, choice.chosen)
     info.metrics = {**info.metrics, "recalibration": report}

@@ -257,7 +257,7 @@ class ProbeClassifier:
         split = stratified_split(is_reliable, cfg)
         labels = torch.as_tensor(is_reliable, dtype=torch.float32)
         head = _scaled_head(features, split.train, self.head_config)
-        target = None if errors is None else log_errors(errors)
+        target = None if errors is None else log_errors(errors, threshold)
         atom_targets = None if atom_errors is None else atom_log_error_ratios(atom_errors, threshold)
         epochs_run, best_epoch, best_loss = _train_with_early_stopping(
             head, features, labels, split, cfg, target, atom_targets)
@@ -266,7 +266,7 @@ class ProbeClassifier:
             head.logit_from_error.fill_(1.0)
         temperature, bias = _calibrate(head, features, labels, split.calibration)
         error_summary = {} if errors is None else calibrate_error_interval(
-            head, pooled_vectors(head, [features[i] for i in split.calibration]), errors[split.calibration]
+            head, pooled_vectors(head, [features[i] for i in split.calibration]), errors[split.calibration], threshold
         )
         self.head_ = head
         self.classes_ = CLASSES

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe_md.error_prediction import conformal_offset, interval_coverage, pinball_loss, pooled_vectors
+from probe_md.error_prediction import conformal_offset, interval_coverage, log_errors, pinball_loss, pooled_vectors
 from probe_md.head import NORMAL_Z90
 from probe_md.metrics import auroc, spearman
 from probe_md.training import ProbeClassifier, TrainingConfig, atom_error_loss, atom_log_error_ratios, pack
@@ -121,3 +121,11 @@ def test_fit_names_inconsistent_errors_thresholds_and_atom_errors():
         classifier.fit(features, errors < 0.1, errors, None, graded_atom_errors(features, errors, 5))
     with pytest.raises(ValueError, match="do not match"):
         classifier.fit(features, errors < 0.1, errors, 0.1, [e[:-1] for e in graded_atom_errors(features, errors, 5)])
+
+
+def test_errors_far_below_the_threshold_share_one_floor():
+    errors = np.array([0.0, 1e-9, 0.0005, 0.002, 0.5])
+    logs = log_errors(errors, threshold=0.1).double().numpy()
+    np.testing.assert_allclose(logs[:3], np.log(0.001), rtol=1e-6)  # 1 % of the threshold
+    np.testing.assert_allclose(logs[3:], np.log(errors[3:]), rtol=1e-6)
+    assert log_errors(np.array([0.0])).item() == pytest.approx(np.log(1e-12), rel=1e-6)  # no threshold
