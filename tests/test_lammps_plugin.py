@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -119,6 +120,11 @@ def model_files(tmp_path_factory):
     head.temperature.fill_(1.3)
     head.error_fitted.fill_(1.0)  # a predicted error with a non-trivial interval
     head.error_interval_offset.fill_(0.2)
+    with torch.no_grad():
+        head.error_readout[-1].weight.mul_(20.0)  # likewise for the predicted error, which gives the logit:
+        head.error_width_size_exponent.fill_(0.3)  # its spread depends on the atom count, so
+    head.logit_from_error.fill_(1.0)  # the engine must pass the whole system's atom count
+    head.log_threshold.fill_(math.log(0.5))
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.5, backbone_fingerprint="t"), head_path)
     export_fused_model(mace_path, head_path, fused_path)
     return {"mace": mace_path, "head": head_path, "fused": fused_path, "folder": folder}
