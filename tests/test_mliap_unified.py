@@ -147,6 +147,11 @@ def fused(tmp_path_factory):
     head.temperature.fill_(1.7)
     head.error_fitted.fill_(1.0)
     head.error_interval_offset.fill_(0.25)
+    # the logit from the predicted error, whose spread depends on the atom count the class passes
+    head.logit_from_error.fill_(1.0)
+    head.log_threshold.fill_(math.log(0.6))
+    with torch.no_grad():
+        head.error_width_size_exponent.fill_(0.3)
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.6, backbone_fingerprint="t"), head_path)
     fused_path = folder / "fused.pt"
     export_fused_model(mace_path, head_path, fused_path)
