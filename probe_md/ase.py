@@ -53,9 +53,9 @@ class ProbeCalculator(Calculator):
         if dtype is not None:
             self.backbone = cast_backbone(self.backbone, dtype)
         self.head, self.head_info = load_head(head or defaults.default_head_path())
-        if self.head.config.feature_dim != self.backbone.feature_dim:
+        if self.head.config.backbone_feature_dim != self.backbone.feature_dim:
             raise ValueError(
-                f"head expects {self.head.config.feature_dim} features, the MACE model gives "
+                f"head expects {self.head.config.backbone_feature_dim} features, the MACE model gives "
                 f"{self.backbone.feature_dim}: they were not trained together"
             )
         self.head = self.head.to(device=device, dtype=self.backbone.dtype)
@@ -67,7 +67,8 @@ class ProbeCalculator(Calculator):
         want_stress = "stress" in properties and all(self.atoms.pbc)
         out = self.backbone.forward_batch([self.atoms], compute_stress=want_stress)
         with torch.no_grad():
-            head_out = self.head(out["features"], out["batch"], 1)
+            inputs = self.head.inputs(out["features"], out["forces"].detach())
+            head_out = self.head(inputs, out["batch"], 1)
             lower, median, upper = self.head.readout_error(head_out.pooled, head_out.atom_counts)[0].double().tolist()
         self.results = {
             "energy": float(out["energy"][0]),

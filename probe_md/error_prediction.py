@@ -49,10 +49,15 @@ def pooled_vectors(head: ProbeHead, features: Sequence[np.ndarray], batch_struct
     return PooledStructures(torch.cat(vectors), torch.cat(counts))
 
 
+def error_floor(threshold: float | None = None) -> float:
+    """Errors below this count as equally small: ERROR_FLOOR_FRACTION x the threshold (or
+    ERROR_FLOOR without one)."""
+    return ERROR_FLOOR if threshold is None else max(ERROR_FLOOR, ERROR_FLOOR_FRACTION * threshold)
+
+
 def log_errors(errors: np.ndarray, threshold: float | None = None) -> torch.Tensor:
-    """log(error), floored at ERROR_FLOOR_FRACTION x the threshold (or ERROR_FLOOR without one)."""
-    floor = ERROR_FLOOR if threshold is None else max(ERROR_FLOOR, ERROR_FLOOR_FRACTION * threshold)
-    return torch.log(torch.as_tensor(np.maximum(np.asarray(errors, float), floor), dtype=torch.float32))
+    """log(max(error, error_floor(threshold))): what the quantile readout is trained on."""
+    return torch.log(torch.as_tensor(np.maximum(np.asarray(errors, float), error_floor(threshold)), dtype=torch.float32))
 
 
 def pinball_loss(log_bounds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -95,6 +100,7 @@ def calibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors: 
         raw_bounds = head.readout_log_error(*pooled, widened=False).double().numpy()
     offset = conformal_offset(raw_bounds, target, width_scale=width_scale(head, pooled.atom_counts))
     head.error_interval_offset.fill_(offset)
+    head.error_log_floor.fill_(math.log(error_floor(threshold)))
     head.error_fitted.fill_(1.0)
     return {"error_interval_offset": offset,
             "error_width_size_exponent": float(head.error_width_size_exponent.detach()),

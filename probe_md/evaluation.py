@@ -16,7 +16,7 @@ from probe_md.backbone import load_backbone
 from probe_md.backbone.base import Backbone, StructurePrediction
 from probe_md.baselines import FeatureDensity, ensemble_disagreement
 from probe_md.error_prediction import interval_coverage
-from probe_md.features import predict_dataset
+from probe_md.features import head_inputs, predict_dataset
 from probe_md.head import ProbeHead
 from probe_md.io_utils import atomic_write_text, check_output_path
 from probe_md.reliability_labels import class_balance, label_reliable, structure_errors
@@ -49,7 +49,7 @@ def evaluate(request: EvaluateRequest) -> dict:
     predictions = predict_dataset(backbone, structures, request.cache_dir, "model")
     errors = structure_errors(predictions, structures, criterion, request.keys)
     is_reliable = label_reliable(errors, threshold)
-    features = [p.features for p in predictions]
+    features = head_inputs(predictions, head.reads_force_norm)
     classifier = ProbeClassifier.from_head(head)
     p_reliable = classifier.predict_proba(features)[:, 1]
     scores = {"PROBE (1 - p)": 1.0 - p_reliable, **baseline_scores(request, structures, predictions, info)}
@@ -90,12 +90,16 @@ def predicted_error_report(predicted: np.ndarray, errors: np.ndarray) -> dict:
     """How the head's predicted error (median, 80 % interval) matches the actual error."""
     if not np.all(np.isfinite(predicted)):
         return {"available": False}
+    positive = predicted[:, 0] > 0
     return {
         "available": True,
         "spearman": metrics.spearman(predicted[:, 1], errors),
         "interval_coverage": interval_coverage(predicted, errors),
         "median_abs_log_ratio": float(np.median(np.abs(np.log(predicted[:, 1] / np.maximum(errors, 1e-12))))),
-        "median_interval_width_ratio": float(np.median(predicted[:, 2] / predicted[:, 0])),
+        # intervals that reach 0 (lower bound at the head's error floor) have no finite ratio
+        "median_interval_width_ratio": float(np.median(predicted[positive, 2] / predicted[positive, 0]))
+        if positive.any() else float("nan"),
+        "intervals_reaching_zero": float(np.mean(~positive)),
     }
 
 
@@ -109,9 +113,9 @@ def load_matching_head(head_path: Path, model_path: Path) -> tuple[ProbeHead, He
             f"head {head_path} was trained on another backbone than {model_path} "
             f"(sha256 {info.backbone_fingerprint[:12]}… vs {backbone.fingerprint[:12]}…)"
         )
-    if head.config.feature_dim != backbone.feature_dim:
+    if head.config.backbone_feature_dim != backbone.feature_dim:
         raise ValueError(
-            f"head expects {head.config.feature_dim} features, backbone gives {backbone.feature_dim}"
+            f"head expects {head.config.backbone_feature_dim} features, backbone gives {backbone.feature_dim}"
         )
     return head, info, backbone
 
@@ -185,7 +189,8 @@ def _predicted_error_lines(section: dict | None) -> list[str]:
         f"PROBE predicted error: Spearman {section['spearman']:.3f} with the actual error, 80 % interval covers "
         f"{100 * section['interval_coverage']:.0f} % (median upper/lower {section['median_interval_width_ratio']:.2f}x, "
         f"median |log(pred/actual)| {section['median_abs_log_ratio']:.2f})"
-    ]
+    ] + ([f"  {100 * zero:.0f} % of the intervals reach 0 (their lower bound is at the head's error floor, "
+          "1 % of the threshold)"] if (zero := section.get("intervals_reaching_zero", 0.0)) > 0 else [])
 
 
 def write_json(report: dict, path: str | os.PathLike) -> None:

@@ -80,3 +80,19 @@ def _load_predictions(path: Path) -> list[StructurePrediction]:
             StructurePrediction(float(e), f, x)
             for e, f, x in zip(stored["energy"], forces, features)
         ]
+
+
+def head_inputs(predictions: Sequence[StructurePrediction], reads_force_norm: bool) -> list[np.ndarray]:
+    """Per-structure head inputs: the backbone's features, plus the MLIP's own per-atom force
+    norm as a last column for heads that read it (see probe_md.head.force_norm_column)."""
+    if not reads_force_norm:
+        return [p.features for p in predictions]
+    import torch
+
+    from probe_md.head import force_norm_column
+
+    return [
+        np.concatenate([p.features, force_norm_column(torch.from_numpy(np.asarray(p.forces, np.float64))).numpy()
+                        .astype(p.features.dtype)], axis=1)
+        for p in predictions
+    ]

@@ -36,9 +36,31 @@ class HeadConfig:
     value_dim: int = 16
     readout_hidden_dim: int = 32
     dropout: float = 0.1
+    # True: the last input column is the MLIP's own per-atom force norm (`force_norm_column`),
+    # after the backbone's feature_dim - 1 columns. Older files lack the key: False.
+    reads_force_norm: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def backbone_feature_dim(self) -> int:
+        """How many per-atom features the head wants from the backbone."""
+        return self.feature_dim - int(self.reads_force_norm)
+
+
+# The force norm is read as log(|F| + this), eV/Å: finite where a force vanishes by symmetry.
+FORCE_NORM_OFFSET = 1e-3
+
+
+def force_norm_column(forces: torch.Tensor, offset: float = FORCE_NORM_OFFSET) -> torch.Tensor:
+    """[N, 1] log(|F_i| + offset) of the MLIP's per-atom forces [N, 3] (eV/Å).
+
+    Why the head reads it: a force error cannot exceed what the local environment lets the
+    force be, and it vanishes with the force at symmetric sites; the MLIP's own force tells the
+    head that directly, where invariant node features (L=0 channels) cannot
+    (docs/notes/force_norm_input.md)."""
+    return torch.log(torch.linalg.vector_norm(forces, dim=1, keepdim=True) + offset)
 
 
 class PartialPool(NamedTuple):
@@ -133,6 +155,7 @@ class ProbeHead(nn.Module):
         # Plain ints so the module scripts (TorchScript cannot hold the dataclass).
         self.num_heads: int = config.num_heads
         self.value_dim: int = config.value_dim
+        self.reads_force_norm: bool = config.reads_force_norm
         dim = config.feature_dim
         self.register_buffer("feature_mean", torch.zeros(dim))
         self.register_buffer("feature_std", torch.ones(dim))
@@ -147,6 +170,8 @@ class ProbeHead(nn.Module):
         # widens the interval in log space; error_fitted = 0 means "not trained" (old heads).
         self.register_buffer("error_fitted", torch.zeros(()))
         self.register_buffer("error_interval_offset", torch.zeros(()))
+        # log of the floor under the errors the readout was trained on (-inf: none, old heads)
+        self.register_buffer("error_log_floor", torch.tensor(float("-inf")))
         # logit_from_error = 1: the raw logit is the predicted error's margin below exp(log_threshold).
         self.register_buffer("logit_from_error", torch.zeros(()))
         self.register_buffer("log_threshold", torch.zeros(()))
@@ -178,6 +203,14 @@ class ProbeHead(nn.Module):
         """Standardise inputs with statistics of the training features."""
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(torch.clamp(std, min=1e-6))
+
+    @torch.jit.export
+    def inputs(self, backbone_features: torch.Tensor, forces: torch.Tensor) -> torch.Tensor:
+        """The head's per-atom input [N, feature_dim] from the backbone's features and the
+        MLIP's forces [N, 3] on the same atoms (read only by heads with reads_force_norm)."""
+        if self.reads_force_norm:
+            return torch.cat([backbone_features, force_norm_column(forces.to(backbone_features.dtype))], dim=1)
+        return backbone_features
 
     def atom_terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom attention logits [N, H] and values [N, H, D]."""
@@ -225,10 +258,14 @@ class ProbeHead(nn.Module):
     def readout_error(self, pooled: torch.Tensor, atom_counts: torch.Tensor) -> torch.Tensor:
         """Predicted error [G, 3]: (lower, median, upper) of the 80 % interval, criterion units;
         NaN when the head was trained without errors."""
-        error = torch.exp(self.readout_log_error(pooled, atom_counts))
+        log_bounds = self.readout_log_error(pooled, atom_counts)
+        error = torch.exp(log_bounds)
         if float(self.error_fitted) < 0.5:
             return torch.full_like(error, float("nan"))
-        return error
+        # The quantiles are those of max(error, floor): a lower bound at or below the floor
+        # covers every error below it, down to 0 (e.g. forces that vanish by symmetry).
+        lower = torch.where(log_bounds[:, 0] <= self.error_log_floor, torch.zeros_like(error[:, 0]), error[:, 0])
+        return torch.stack([lower, error[:, 1], error[:, 2]], dim=1)
 
     def forward(
         self,

@@ -11,6 +11,7 @@ fold: each frame scored by a calibration fitted without it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,13 +24,14 @@ from probe_md.calibration import CALIBRATION_FOLDS, CalibrationChoice, LogitMap,
 from probe_md.error_prediction import (
     PooledStructures,
     conformal_offset,
+    error_floor,
     interval_coverage,
     log_errors,
     pooled_vectors,
     width_scale,
 )
 from probe_md.evaluation import load_matching_head
-from probe_md.features import predict_dataset
+from probe_md.features import head_inputs, predict_dataset
 from probe_md.head import ProbeHead
 from probe_md.io_utils import check_output_path
 from probe_md.metrics import expected_calibration_error
@@ -73,17 +75,17 @@ def apply_logit_map(head: ProbeHead, fitted: LogitMap) -> None:
         head.calibration_knots_y = torch.tensor(fitted.knots_y, dtype=dtype)
 
 
-def out_of_fold_coverage(log_bounds: np.ndarray, target: np.ndarray, errors: np.ndarray, scale: np.ndarray,
-                         folds: int) -> float:
-    """Coverage of the interval with the conformal offset fitted on the other folds."""
+def out_of_fold_coverage(log_bounds: np.ndarray, target: np.ndarray, scale: np.ndarray, folds: int) -> float:
+    """Coverage of the interval with the conformal offset fitted on the other folds (in the
+    floored log space of `target`: the same as the error's coverage, see ProbeHead.readout_error)."""
     fold_of = np.arange(len(target)) % folds
     covered = np.empty(len(target), dtype=bool)
     for fold in range(folds):
         held_out = fold_of == fold
         offset = conformal_offset(log_bounds[~held_out], target[~held_out], width_scale=scale[~held_out])
         widening = offset * scale[held_out, None] * np.array([-1.0, 0.0, 1.0])
-        bounds = np.exp(log_bounds[held_out] + widening)
-        covered[held_out] = (errors[held_out] >= bounds[:, 0]) & (errors[held_out] <= bounds[:, 2])
+        bounds = log_bounds[held_out] + widening
+        covered[held_out] = (target[held_out] >= bounds[:, 0]) & (target[held_out] <= bounds[:, 2])
     return float(covered.mean())
 
 
@@ -99,9 +101,10 @@ def recalibrate_error_interval(head: ProbeHead, pooled: PooledStructures, errors
     scale = width_scale(head, pooled.atom_counts)
     report = {
         "interval_coverage_before": interval_coverage(before, errors),
-        "interval_coverage_after_out_of_fold": out_of_fold_coverage(raw, target, errors, scale, folds),
+        "interval_coverage_after_out_of_fold": out_of_fold_coverage(raw, target, scale, folds),
     }
     head.error_interval_offset.fill_(conformal_offset(raw, target, width_scale=scale))
+    head.error_log_floor.fill_(math.log(error_floor(threshold)))
     return report
 
 
@@ -122,7 +125,7 @@ def calibrate(request: CalibrateRequest) -> dict:
     predictions = predict_dataset(backbone, structures, request.cache_dir, "features")
     errors = structure_errors(predictions, structures, info.criterion, request.keys)
     is_reliable = label_reliable(errors, info.threshold)
-    pooled = pooled_vectors(head, [p.features for p in predictions])
+    pooled = pooled_vectors(head, head_inputs(predictions, head.reads_force_norm))
     with torch.no_grad():
         p_before = expit(head.readout_logit(pooled.vectors, pooled.atom_counts).double().numpy())
     choice = choose_logit_map(base_logits(head, pooled), is_reliable, request.folds)

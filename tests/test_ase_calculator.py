@@ -5,6 +5,7 @@ from ase.build import bulk
 
 from probe_md.ase import ProbeCalculator
 from probe_md.backbone.mace import MaceBackbone
+from probe_md.features import head_inputs
 from probe_md.head import HeadConfig, ProbeHead
 from probe_md.training import HeadInfo, save_head
 
@@ -13,7 +14,8 @@ from probe_md.training import HeadInfo, save_head
 def calculator(tiny_mace_path, tmp_path_factory):
     torch.manual_seed(0)
     backbone = MaceBackbone.from_file(tiny_mace_path)
-    head = ProbeHead(HeadConfig(feature_dim=backbone.feature_dim, dropout=0.0)).eval()
+    # a head that also reads the MLIP's force norm, as `probe-md train` makes by default
+    head = ProbeHead(HeadConfig(feature_dim=backbone.feature_dim + 1, dropout=0.0, reads_force_norm=True)).eval()
     path = tmp_path_factory.mktemp("head") / "head.pt"
     save_head(head, HeadInfo("force-rmse", 0.1, backbone.fingerprint), path)
     return ProbeCalculator(tiny_mace_path, path)
@@ -34,6 +36,19 @@ def test_results_present(calculator):
     assert importance.shape == (len(atoms),) and abs(importance.mean() - 1.0) < 1e-9
     assert atoms.get_forces().shape == (len(atoms), 3)
     assert atoms.get_stress().shape == (6,)
+
+
+def test_reliability_is_the_heads_on_features_and_force_norms(calculator, tiny_mace_path):
+    atoms = _atoms(3)
+    atoms.calc = calculator
+    prediction = MaceBackbone.from_file(tiny_mace_path).predict([atoms])[0]
+    head = calculator.head
+    with torch.no_grad():
+        inputs = torch.tensor(head_inputs([prediction], reads_force_norm=True)[0], dtype=head.feature_mean.dtype)
+        out = head(inputs, torch.zeros(len(atoms), dtype=torch.long), 1)
+    assert atoms.calc.get_property("reliability_logit", atoms) == pytest.approx(float(out.logits[0]), abs=1e-5)
+    without = torch.tensor(prediction.features, dtype=head.feature_mean.dtype)
+    assert inputs.shape[1] == without.shape[1] + 1  # the force norm is the last column
 
 
 def test_probability_invariant_to_rotation_translation_permutation(calculator):

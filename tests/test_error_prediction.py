@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from probe_md.error_prediction import conformal_offset, interval_coverage, log_errors, pinball_loss, pooled_vectors
+from probe_md.error_prediction import (
+    conformal_offset,
+    error_floor,
+    interval_coverage,
+    log_errors,
+    pinball_loss,
+    pooled_vectors,
+    predicted_errors,
+)
 from probe_md.head import NORMAL_Z90
 from probe_md.metrics import auroc, spearman
 from probe_md.training import ProbeClassifier, TrainingConfig, atom_error_loss, atom_log_error_ratios, pack
@@ -129,3 +137,16 @@ def test_errors_far_below_the_threshold_share_one_floor():
     np.testing.assert_allclose(logs[:3], np.log(0.001), rtol=1e-6)  # 1 % of the threshold
     np.testing.assert_allclose(logs[3:], np.log(errors[3:]), rtol=1e-6)
     assert log_errors(np.array([0.0])).item() == pytest.approx(np.log(1e-12), rel=1e-6)  # no threshold
+
+
+def test_the_fitted_head_knows_its_floor_and_reports_lower_bounds_below_it_as_zero(fitted_from_error):
+    head = fitted_from_error.head_
+    assert float(head.error_log_floor) == pytest.approx(np.log(error_floor(0.1)), rel=1e-6)
+    features, _ = graded_set(50, seed=4)
+    pooled = pooled_vectors(head, features)
+    with torch.no_grad():
+        head.error_log_floor.fill_(float(head.readout_log_error(*pooled)[:, 0].max()) + 1.0)  # all at the floor
+        bounds = predicted_errors(head, pooled)
+    assert np.all(bounds[:, 0] == 0) and np.all(bounds[:, 2] > bounds[:, 1])
+    # an error below the floor is then inside its interval
+    assert interval_coverage(bounds, np.full(len(bounds), 1e-9)) == 1.0

@@ -8,6 +8,7 @@ import pytest
 from probe_md.backbone import load_backbone
 from probe_md.cli.main import main
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report
+from probe_md.features import head_inputs
 from probe_md.pipeline import TrainRequest, train_probe
 from probe_md.reliability_labels import structure_errors
 from probe_md.structures import read_structures
@@ -32,7 +33,8 @@ def test_train_saves_everything_needed(trained_head, tiny_mace_path):
     path, info = trained_head
     head, loaded = load_head(path)
     assert loaded.threshold == pytest.approx(info.threshold) and loaded.threshold > 0
-    assert loaded.feature_spec["feature_dim"] == head.config.feature_dim == 16
+    assert loaded.feature_spec["feature_dim"] == head.config.backbone_feature_dim == 16
+    assert head.config.reads_force_norm and head.config.feature_dim == 17  # + the MLIP's force norm
     assert loaded.density is not None and loaded.training["epochs_run"] >= 1
     assert loaded.metrics["reliable"] > 0 and loaded.metrics["unreliable"] > 0
 
@@ -65,7 +67,7 @@ def ece_by_hand(head_path, model_path, data_path, n_bins=15):
     structures = read_structures(data_path)
     predictions = load_backbone(model_path).predict(structures)
     is_reliable = structure_errors(predictions, structures, info.criterion) < info.threshold
-    p_reliable = ProbeClassifier.from_head(head).predict_proba([p.features for p in predictions])[:, 1]
+    p_reliable = ProbeClassifier.from_head(head).predict_proba(head_inputs(predictions, head.reads_force_norm))[:, 1]
     bins = np.minimum(np.floor(p_reliable * n_bins), n_bins - 1)
     gaps = [abs(p_reliable[bins == b].mean() - is_reliable[bins == b].mean()) * np.sum(bins == b) for b in set(bins)]
     return sum(gaps) / len(structures)

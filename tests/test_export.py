@@ -23,7 +23,9 @@ def write_inputs(folder, dtype=torch.float64, seed=0):
     mace_path, head_path = folder / f"mace_{seed}.pt", folder / f"head_{seed}.pt"
     metadata = save_mace_model(build_mace_model(dtype=dtype, seed=seed), mace_path)
     torch.manual_seed(seed + 1)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=3, value_dim=5))
+    # the head also reads the MLIP's force norm: the fused model must get the complete forces
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns) + 1, num_heads=3, value_dim=5,
+                                reads_force_norm=True))
     head.set_feature_scaling(torch.randn(head.config.feature_dim) * 0.1, torch.rand(head.config.feature_dim) + 0.5)
     head.temperature.fill_(1.7)
     head.error_fitted.fill_(1.0)
@@ -78,7 +80,7 @@ def test_fused_matches_backbone_and_head(exported, kind):
     positions, owner, edges = ghost_graph(atoms, metadata["r_max"], metadata["num_layers"])
     n_local = len(atoms)
     args = (torch.tensor(positions), torch.zeros(len(positions), dtype=torch.long), torch.tensor(edges), n_local)
-    node_energy, forces, scores, values = fused.forward_with_head(*args)
+    node_energy, forces, node_feats = fused.forward_with_features(*args)
     plain_energy, plain_forces = fused(*args)
 
     # Ghost forces belong to the atoms they image (what LAMMPS's reverse communication does).
@@ -90,9 +92,12 @@ def test_fused_matches_backbone_and_head(exported, kind):
     # Same computation; float32 scatter sums may round differently from call to call.
     np.testing.assert_allclose(plain_energy.numpy(), node_energy.numpy(), rtol=0, atol=tol, err_msg="forward")
     np.testing.assert_allclose(plain_forces.numpy(), forces.numpy(), rtol=0, atol=tol, err_msg="forward")
+    assert node_feats.shape[0] == n_local and node_feats.dtype == torch.float64
+    scores, values = fused.head_terms(node_feats, torch.tensor(folded))
 
     with torch.no_grad():
-        features = torch.tensor(reference.features, dtype=head.feature_mean.dtype)
+        features = head.inputs(torch.tensor(reference.features, dtype=head.feature_mean.dtype),
+                               torch.tensor(reference.forces, dtype=head.feature_mean.dtype))
         ref_scores, ref_values = head.atom_terms(features)
         ref_out = head(features, torch.zeros(n_local, dtype=torch.long), 1)
     head_tol = 1e-5 if dtype == torch.float64 else 1e-3  # the head itself is float32

@@ -26,7 +26,8 @@ def fused_file(folder, dtype=torch.float64, interaction_first=None):
         build_mace_model(dtype=dtype, seed=2, r_max=R_MAX, interaction_first=interaction_first), mace_path
     )
     torch.manual_seed(3)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=2, value_dim=3))
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns) + 1, num_heads=2, value_dim=3,
+                                reads_force_norm=True))
     save_head(head.eval(), HeadInfo(criterion="force_rmse", threshold=0.5, backbone_fingerprint="t"), head_path)
     return export_fused_model(mace_path, head_path, fused_path), torch.jit.load(str(fused_path))
 
@@ -71,9 +72,10 @@ def test_staged_step_equals_whole_graph(tmp_path, kind, interaction_first):
     atoms = cell(kind)
     n = len(atoms)
     positions, owner, edges = whole_graph(atoms, metadata["num_layers"])
-    energy, forces, scores, values = fused.forward_with_head(
+    energy, forces, node_feats = fused.forward_with_features(
         torch.tensor(positions), torch.zeros(len(positions), dtype=torch.long), torch.tensor(edges), n
     )
+    scores, values = fused.head_terms(node_feats, torch.tensor(folded(forces.numpy(), owner, n)))
 
     local_positions, local_owner, local_edges = local_graph(atoms)
     assert len(local_positions) < len(positions)
@@ -84,7 +86,7 @@ def test_staged_step_equals_whole_graph(tmp_path, kind, interaction_first):
         torch.zeros(len(local_positions), dtype=torch.long), edge_index, n, forward, reverse,
     )
     staged_forces = atom_forces(step.edge_gradient, edge_index, len(local_positions)).numpy()
-    staged_scores, staged_values = fused.head_terms(step.node_feats)
+    staged_scores, staged_values = fused.head_terms(step.node_feats, reverse(torch.tensor(staged_forces))[:n])
 
     np.testing.assert_allclose(step.node_energy, energy, rtol=0, atol=1e-12, err_msg="node energies")
     np.testing.assert_allclose(folded(staged_forces, local_owner, n), folded(forces.numpy(), owner, n),

@@ -1,11 +1,14 @@
+import numpy as np
 import torch
 
 from probe_md.head import (
+    FORCE_NORM_OFFSET,
     HeadConfig,
     NORMAL_Z90,
     ProbeHead,
     atom_importance,
     finish_pool,
+    force_norm_column,
     merge_partial_pools,
     partial_pool,
     piecewise_linear,
@@ -123,3 +126,35 @@ def test_a_head_reading_its_logit_from_the_error_uses_the_margin_below_the_thres
     assert head(features, batch, 1, calibrated=False).logits[0] < out.logits[0]
     scripted = torch.jit.script(head)
     torch.testing.assert_close(scripted(features, batch, 1).logits, head(features, batch, 1).logits)
+
+
+def test_force_norm_column_and_inputs():
+    forces = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    column = force_norm_column(forces)
+    np.testing.assert_allclose(column.squeeze(1).numpy(), np.log([5.0 + FORCE_NORM_OFFSET, FORCE_NORM_OFFSET]))
+    features = torch.randn(2, 4, dtype=torch.float64)
+    reading = ProbeHead(HeadConfig(feature_dim=5, reads_force_norm=True)).double()
+    assert reading.config.backbone_feature_dim == 4
+    torch.testing.assert_close(reading.inputs(features, forces), torch.cat([features, column], dim=1))
+    scripted = torch.jit.script(reading)
+    torch.testing.assert_close(scripted.inputs(features, forces), torch.cat([features, column], dim=1))
+    plain = ProbeHead(HeadConfig(feature_dim=4))
+    assert plain.inputs(features, forces) is features and plain.config.backbone_feature_dim == 4
+
+
+def test_a_lower_bound_at_the_error_floor_reaches_zero():
+    """The readout predicts quantiles of max(error, floor): a lower bound at or below the floor
+    covers every error below it (forces vanishing by symmetry), so it is reported as 0."""
+    torch.manual_seed(0)
+    head = ProbeHead(HeadConfig(feature_dim=3, num_heads=1, value_dim=2)).eval()
+    head.error_fitted.fill_(1.0)
+    pooled, counts = torch.randn(6, 2), torch.full((6,), 64.0)
+    with torch.no_grad():
+        log_bounds = head.readout_log_error(pooled, counts)
+        assert torch.all(head.readout_error(pooled, counts)[:, 0] > 0)  # no floor (old heads): as before
+        head.error_log_floor.fill_(float(log_bounds[:, 0].median()))
+        error = head.readout_error(pooled, counts)
+    at_floor = log_bounds[:, 0] <= head.error_log_floor
+    assert 0 < int(at_floor.sum()) < 6
+    assert torch.all(error[at_floor, 0] == 0) and torch.all(error[~at_floor, 0] == torch.exp(log_bounds[~at_floor, 0]))
+    torch.testing.assert_close(error[:, 1:], torch.exp(log_bounds[:, 1:]))

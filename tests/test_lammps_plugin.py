@@ -31,6 +31,7 @@ from ase.geometry import cellpar_to_cell  # noqa: E402
 from probe_md.backbone.mace import MaceBackbone, save_mace_model  # noqa: E402
 from probe_md.backbone.mace_factory import build_mace_model  # noqa: E402
 from probe_md.lammps.export import export_fused_model  # noqa: E402
+from probe_md.features import head_inputs  # noqa: E402
 from probe_md.head import HeadConfig, ProbeHead, atom_importance  # noqa: E402
 from probe_md.lammps.runtime import import_lammps  # noqa: E402
 from probe_md.training import HeadInfo, load_head, save_head  # noqa: E402
@@ -111,9 +112,12 @@ def model_files(tmp_path_factory):
     mace_path, head_path, fused_path = folder / "mace.pt", folder / "head.pt", folder / "fused.pt"
     metadata = save_mace_model(build_mace_model(dtype=torch.float64, seed=4, r_max=3.2), mace_path)
     torch.manual_seed(5)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=3, value_dim=4))
+    # The head reads the MLIP's force norm too: the engine must hand it the complete forces.
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns) + 1, num_heads=3, value_dim=4,
+                                reads_force_norm=True))
     # Standardise with real feature statistics so the score is sensitive to the structure.
-    features = MaceBackbone.from_file(mace_path).predict([cu_structure("strained")])[0].features
+    prediction = MaceBackbone.from_file(mace_path).predict([cu_structure("strained")])[0]
+    features = head_inputs([prediction], reads_force_norm=True)[0]
     head.set_feature_scaling(torch.tensor(features.mean(0)), torch.tensor(features.std(0)))
     with torch.no_grad():
         head.readout[-1].weight.mul_(50.0)  # a random readout is nearly flat: make it discriminate
@@ -197,7 +201,8 @@ def python_reference(files, atoms):
     stress = calc_atoms.get_stress(voigt=False)  # eV/A^3, ASE sign: positive = tensile
     head, _ = load_head(files["head"])
     with torch.no_grad():
-        out = head(torch.tensor(prediction.features, dtype=torch.float32), torch.zeros(len(atoms), dtype=torch.long), 1)
+        inputs = torch.tensor(head_inputs([prediction], head.reads_force_norm)[0], dtype=torch.float32)
+        out = head(inputs, torch.zeros(len(atoms), dtype=torch.long), 1)
     return {
         "energy": prediction.energy,
         "forces": prediction.forces,

@@ -136,13 +136,13 @@ class FakeMliapDataKokkos(FakeMliapData):
         target[self.nlocal :] = 0
 
 
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mliap")
+def fused_files(folder, reads_force_norm):
+    """A tiny MACE, a random head (reading the MLIP's force norm or not) and their fused file."""
     mace_path, head_path = folder / "mace.pt", folder / "head.pt"
     metadata = save_mace_model(build_mace_model(seed=0, r_max=3.0), mace_path)
     torch.manual_seed(1)
-    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns), num_heads=3, value_dim=5))
+    head = ProbeHead(HeadConfig(feature_dim=len(metadata.feature_columns) + int(reads_force_norm), num_heads=3,
+                                value_dim=5, reads_force_norm=reads_force_norm))
     head.set_feature_scaling(torch.randn(head.config.feature_dim) * 0.1, torch.rand(head.config.feature_dim) + 0.5)
     head.temperature.fill_(1.7)
     head.error_fitted.fill_(1.0)
@@ -156,6 +156,17 @@ def fused(tmp_path_factory):
     fused_path = folder / "fused.pt"
     export_fused_model(mace_path, head_path, fused_path)
     return mace_path, head_path, fused_path
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    return fused_files(tmp_path_factory.mktemp("mliap"), reads_force_norm=False)
+
+
+@pytest.fixture(scope="module")
+def fused_force_norm(tmp_path_factory):
+    """Its head needs the local atoms' complete forces: ML-IAP's reverse exchange."""
+    return fused_files(tmp_path_factory.mktemp("mliap_force_norm"), reads_force_norm=True)
 
 
 def cu_cell(seed=0):
@@ -285,21 +296,23 @@ def first_record(folder):
 
 
 @pytest.mark.parametrize("exchange", [True, None], ids=["exchange", "auto"])
-def test_exchange_path_equals_whole_graph_and_ase(fused, tmp_path, exchange):
+def test_exchange_path_equals_whole_graph_and_ase(fused_force_norm, tmp_path, exchange):
     """ML-IAP's halo exchanges, layer by layer on local atoms = the spanning-tree whole graph
-    = mace through ASE: energies, per-atom energies, forces, virial, reliability."""
-    mace_path, _, fused_path = fused
+    = mace through ASE: energies, per-atom energies, forces, virial, reliability (of a head
+    that reads the force norm: both paths complete the forces by the reverse exchange)."""
+    mace_path, head_path, fused_path = fused_force_norm
     atoms = cu_cell(seed=2)
     whole = ProbeMliapUnified(fused_path, every=1, out_dir=tmp_path / "whole", comm=None, exchange=False)
     whole_data = FakeMliapDataKokkos(atoms, whole.element_types, cutoff=2 * whole.rcutfac)
     whole.compute_forces(whole_data)
-    assert whole_data.exchanges == []  # exchange=False: the whole graph, hooks or not
+    assert whole_data.exchanges == [("reverse", 3)]  # exchange=False: whole graph; forces to owners
 
     staged = ProbeMliapUnified(fused_path, every=1, out_dir=tmp_path / "staged", comm=None, exchange=exchange)
     data = FakeMliapDataKokkos(atoms, staged.element_types, cutoff=2 * staged.rcutfac)
     staged.compute_forces(data)
     widths = [int(w) for w in staged.model_.exchange_widths][1:]
-    assert widths and data.exchanges == [("forward", w) for w in widths] + [("reverse", w) for w in widths[::-1]]
+    layers = [("forward", w) for w in widths] + [("reverse", w) for w in widths[::-1]]
+    assert widths and data.exchanges == layers + [("reverse", 3)]
     if exchange:  # pairs out to r_max only: far fewer ghosts and pairs
         assert data.ntotal < whole_data.ntotal / 2 and data.npairs < whole_data.npairs / 2
 
@@ -321,6 +334,19 @@ def test_exchange_path_equals_whole_graph_and_ase(fused, tmp_path, exchange):
     staged_record, whole_record = first_record(tmp_path / "staged"), first_record(tmp_path / "whole")
     assert staged_record["logit"] == pytest.approx(whole_record["logit"], rel=1e-10, abs=1e-10)
     assert staged_record["probability"] == pytest.approx(whole_record["probability"], rel=1e-10, abs=1e-12)
+    head, _ = load_head(head_path)
+    with torch.no_grad():
+        inputs = head.inputs(reference["features"].to(head.feature_mean.dtype), reference["forces"].to(head.feature_mean.dtype))
+        out = head(inputs, torch.zeros(len(atoms), dtype=torch.long), 1)
+    assert staged_record["logit"] == pytest.approx(float(out.logits[0]), abs=1e-6)
+
+
+def test_plain_mliap_refuses_a_head_that_reads_the_force_norm(fused_force_norm, tmp_path):
+    """Without ML-IAP's reverse exchange the ghost parts of the forces cannot reach their owners."""
+    unified = ProbeMliapUnified(fused_force_norm[2], out_dir=tmp_path, comm=None)
+    data = FakeMliapData(cu_cell(), unified.element_types, cutoff=2 * unified.rcutfac)
+    with pytest.raises(RuntimeError, match="force norm.*reverse_exchange.*--no-force-norm"):
+        unified.compute_forces(data)
 
 
 def test_exchange_asks_for_pairs_out_to_r_max_only(fused):
@@ -372,7 +398,10 @@ def test_a_rank_without_atoms_makes_the_same_exchanges(fused, tmp_path):
     unified.compute_forces(busy)  # step 0
     idle = IdleKokkosRank(n_ghosts=7)
     unified.compute_forces(idle)  # step 1: not scored (one rank without atoms cannot pool)
-    assert idle.exchanges == busy.exchanges and len(idle.exchanges) > 0
+    assert busy.exchanges[-1] == ("reverse", 3)  # scored: the forces' ghost rows to their owners
+    assert idle.exchanges == busy.exchanges[:-1] and len(idle.exchanges) > 0
+    assert unified._head_terms(idle, 0, None) is None  # a scored step on the idle rank ...
+    assert idle.exchanges[-1] == ("reverse", 3)  # ... makes that exchange too
     assert idle.energy == 0.0
 
 

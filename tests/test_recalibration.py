@@ -9,7 +9,7 @@ from conftest import rattled_cu
 from probe_md.calibration import choose_logit_map
 from probe_md.cli.main import main
 from probe_md.error_prediction import pooled_vectors
-from probe_md.features import predict_dataset
+from probe_md.features import head_inputs, predict_dataset
 from probe_md.backbone import load_backbone
 from probe_md.pipeline import TrainRequest, train_probe
 from probe_md.recalibration import CalibrateRequest, base_logits, calibrate
@@ -45,7 +45,7 @@ def test_calibrate_refits_the_map_and_reports_held_out_ece(head_and_shifted_fram
     structures = read_structures(shifted)
     predictions = predict_dataset(load_backbone(tiny_mace_path), structures, None, "features")
     is_reliable = label_reliable(structure_errors(predictions, structures, info.criterion), info.threshold)
-    pooled = pooled_vectors(head, [p.features for p in predictions])
+    pooled = pooled_vectors(head, head_inputs(predictions, head.reads_force_norm))
     expected = choose_logit_map(base_logits(head, pooled), is_reliable, folds=3).chosen.apply(base_logits(head, pooled))
     with torch.no_grad():
         np.testing.assert_allclose(new_head.readout_logit(*pooled).numpy(), expected, atol=1e-5)

@@ -23,7 +23,7 @@ from probe_md.calibration import choose_logit_map, fit_logit_map
 from probe_md.cache import feature_cache_dir
 from probe_md.error_prediction import pooled_vectors
 from probe_md.evaluation import load_matching_head, write_json
-from probe_md.features import predict_dataset
+from probe_md.features import head_inputs, predict_dataset
 from probe_md.recalibration import base_logits
 from probe_md.reliability_labels import label_reliable, structure_errors
 from probe_md.structures import read_structures
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     structures = read_structures(DATA / "onset_test.extxyz.gz")
     predictions = predict_dataset(backbone, structures, feature_cache_dir(), "features")
     is_reliable = label_reliable(structure_errors(predictions, structures, info.criterion), info.threshold)
-    logits = base_logits(head, pooled_vectors(head, [p.features for p in predictions]))
+    logits = base_logits(head, pooled_vectors(head, head_inputs(predictions, head.reads_force_norm)))
     trajectories = np.array([a.info["trajectory_id"] for a in structures])
     rows = []
     for seed in range(args.seeds):

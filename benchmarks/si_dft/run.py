@@ -30,7 +30,7 @@ import data  # noqa: E402
 import mlips  # noqa: E402
 from probe_md.backbone import load_backbone  # noqa: E402
 from probe_md.evaluation import EvaluateRequest, evaluate, format_report, write_json  # noqa: E402
-from probe_md.features import predict_dataset  # noqa: E402
+from probe_md.features import head_inputs, predict_dataset  # noqa: E402
 from probe_md.pipeline import TrainRequest, train_probe  # noqa: E402
 from probe_md.reliability_labels import DEFAULT_THRESHOLD_MULTIPLE  # noqa: E402
 from probe_md.structures import read_structures  # noqa: E402
@@ -87,14 +87,15 @@ def mace_members(name: str, paths: dict, work_dir: Path, members: int, skip_trai
 def _is_current(report_path: Path, k_members: int, criterion: str) -> bool:
     report = json.loads(report_path.read_text())
     return (report.get("k_members") == k_members and report.get("criterion") == criterion
-            and "probe_flagged_fraction" in report)
+            and "probe_flagged_fraction" in report
+            and report.get("head_reads_force_norm", False) == TrainRequest.force_norm)
 
 
 def probe_flagged_fraction(backbone, head_path: Path, data_path: Path, cache_dir: Path) -> float:
     """Share of the structures PROBE calls unreliable (p < 0.5); features come from the cache."""
     head, _ = load_head(head_path)
     structures = read_structures(data_path)
-    features = [p.features for p in predict_dataset(backbone, structures, cache_dir, progress=False)]
+    features = head_inputs(predict_dataset(backbone, structures, cache_dir, progress=False), head.reads_force_norm)
     return float((ProbeClassifier.from_head(head).predict_proba(features)[:, 1] < 0.5).mean())
 
 
@@ -120,7 +121,9 @@ def run_backbone(name: str, paths: dict, args) -> dict:
     backbone = load_backbone(members[0])
     n_parameters = sum(p.numel() for p in backbone.model.parameters())
     cache_dir = work_dir / "features"
-    head_path = work_dir / "heads" / f"{name}-{args.criterion}{SPLITS[args.split]}.pt"
+    # heads that read the force norm get their own files: the older ones stay as they were
+    force_norm = "-force-norm" if TrainRequest.force_norm else ""
+    head_path = work_dir / "heads" / f"{name}-{args.criterion}{SPLITS[args.split]}{force_norm}.pt"
     probe_timing = head_path.with_suffix(".seconds")
     if not head_path.is_file():
         start = time.perf_counter()
@@ -145,6 +148,7 @@ def run_backbone(name: str, paths: dict, args) -> dict:
         "num_layers": backbone.num_layers,
         "n_parameters": n_parameters,
         "k_members": len(members),
+        "head_reads_force_norm": TrainRequest.force_norm,
         "mlip": mlip,
         "data_summary": json.loads((work_dir / "data" / "summary.json").read_text()),
         "wall_seconds": {

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "loss stops improving (default %(default)s)")
     parser.add_argument("--seed", type=int, default=TrainingConfig.seed,
                         help="seed of the data split and the head's initial weights (default %(default)s)")
+    parser.add_argument("--no-force-norm", dest="force_norm", action="store_false",
+                        help="the head reads the backbone's features only, not also the MLIP's "
+                             "per-atom force norm")
     add_reference_key_arguments(parser)
     add_cache_argument(parser)
 
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         keys=reference_keys(args),
         cache_dir=cache_dir(args),
         training=TrainingConfig(max_epochs=args.max_epochs, seed=args.seed),
+        force_norm=args.force_norm,
     )
     _, info = train_probe(request)
     print(f"wrote {args.output}: threshold {info.threshold:.4g} ({info.criterion})")

@@ -26,7 +26,9 @@ from probe_md.io_utils import atomic_output, check_output_path
 from probe_md.mace_stages import StagedMace, why_not_stageable
 
 # /2: `readout` takes the atom counts (a head may read its logit from the predicted error).
-FUSED_FORMAT: Final[str] = "probe_md.fused/2"
+# /3: `head_terms` takes the local atoms' complete forces; `forward_with_features` replaces
+#     `forward_with_head` (the engine completes the forces before the head runs).
+FUSED_FORMAT: Final[str] = "probe_md.fused/3"
 FUSED_METADATA_FILE: Final[str] = "probe_md_fused.json"
 
 
@@ -125,16 +127,16 @@ class FusedProbeMace(torch.nn.Module):
         return node_energy, forces
 
     @torch.jit.export
-    def forward_with_head(
+    def forward_with_features(
         self, positions: Tensor, species_index: Tensor, edge_index: Tensor, n_local: int
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Scoring step: the same forward pass plus the head's attention logits [n_local,H]
-        and values [n_local,H,D] of local atoms, computed from that pass's node features."""
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Scoring step: the same forward pass plus the local atoms' node features
+        [n_local, C] (float64) for `head_terms`, which the engine calls once the local atoms'
+        forces are complete (their ghost parts summed back by reverse communication)."""
         node_energy, forces, node_feats = self._run_mace(
             positions, species_index, edge_index, n_local
         )
-        scores, values = self.head_terms(node_feats[:n_local])
-        return node_energy, forces, scores, values
+        return node_energy, forces, node_feats[:n_local].to(torch.float64)
 
     @torch.jit.export
     def readout(self, pooled: Tensor, atom_counts: Tensor) -> Tensor:
@@ -154,10 +156,13 @@ class FusedProbeMace(torch.nn.Module):
         return error.to(torch.float64)
 
     @torch.jit.export
-    def head_terms(self, node_feats: Tensor) -> Tuple[Tensor, Tensor]:
-        """The head's attention logits [n,H] and values [n,H,D] from MACE's node features."""
-        features = node_feats.index_select(1, self.feature_columns).to(self.head.feature_mean.dtype)
-        scores, values = self.head.atom_terms(features)
+    def head_terms(self, node_feats: Tensor, forces: Tensor) -> Tuple[Tensor, Tensor]:
+        """The head's attention logits [n,H] and values [n,H,D] from MACE's node features
+        [n, C] and the MLIP's complete forces [n, 3] on the same atoms (eV/Å; read by heads
+        that take the force norm)."""
+        dtype = self.head.feature_mean.dtype
+        features = node_feats.index_select(1, self.feature_columns).to(dtype)
+        scores, values = self.head.atom_terms(self.head.inputs(features, forces.to(dtype)))
         return scores.to(torch.float64), values.to(torch.float64)
 
 
@@ -234,9 +239,9 @@ def _load_inputs(mace_path: Path, head_path: Path) -> tuple[MaceBackbone, ProbeH
 
     backbone = MaceBackbone.from_file(mace_path)
     head, info = load_head(head_path)
-    if head.config.feature_dim != backbone.feature_dim:
+    if head.config.backbone_feature_dim != backbone.feature_dim:
         raise ValueError(
-            f"head file {head_path} expects {head.config.feature_dim} features per atom, but MACE "
+            f"head file {head_path} expects {head.config.backbone_feature_dim} features per atom, but MACE "
             f"model {mace_path} gives {backbone.feature_dim}: export the head trained on this model"
         )
     return backbone, head, info
@@ -256,6 +261,9 @@ def fused_metadata(backbone: MaceBackbone, head: ProbeHead, info, mace_path, hea
         "feature_dim": len(meta.feature_columns),
         "num_heads": int(head.num_heads),
         "value_dim": int(head.value_dim),
+        # the head reads the local atoms' complete MLIP forces (`head_terms`): ML-IAP needs its
+        # reverse exchange for them
+        "reads_force_norm": bool(head.reads_force_norm),
         "threshold": float(info.threshold),
         "criterion": str(info.criterion),
         "temperature": float(head.temperature),

@@ -106,6 +106,13 @@ class PendingActions(NamedTuple):
     halt: bool  # agreed over ranks
 
 
+class HeadInputs(NamedTuple):
+    """What the head reads on a scoring step, before the force rows are completed."""
+
+    node_feats: object  # [n_local, C] torch tensor, every layer's node features
+    force_rows: object  # [ntotal, 3] torch tensor, this rank's MLIP forces on its atoms and ghosts
+
+
 class SpanningTree(NamedTuple):
     """Coordinates of the atoms reachable through pairs, rebuilt from rij along a BFS tree.
 
@@ -212,6 +219,7 @@ class ProbeMliapUnified(MLIAPUnified):
         self.r_max = float(metadata["r_max"])
         self.num_layers = int(metadata["num_layers"])
         self.staged = bool(metadata.get("staged", False))
+        self.reads_force_norm = bool(metadata.get("reads_force_norm", False))
         if exchange and not self.staged:
             reason = metadata.get("not_staged_because") or "it was exported before stages existed"
             raise ValueError(
@@ -245,6 +253,7 @@ class ProbeMliapUnified(MLIAPUnified):
         self.comm_ = None
         self.lmp_ = None
         self.exchanging_ = None
+        self.has_hooks_ = None
         self.calls_ = 0
         self.warned_ = set()
         self.pending_: PendingActions | None = None
@@ -260,6 +269,7 @@ class ProbeMliapUnified(MLIAPUnified):
     def __setstate__(self, state):
         state.setdefault("exchange", False)  # pickled before exchange existed: large rcutfac
         state.setdefault("staged", False)
+        state.setdefault("reads_force_norm", False)
         self.__dict__.update(state)
         self._reset_runtime()
         LIVE_INSTANCES.add(self)
@@ -291,6 +301,14 @@ class ProbeMliapUnified(MLIAPUnified):
                 f"LAMMPS's data object ({type(data).__name__}) lacks: run ML-IAP with KOKKOS "
                 "(-k on -sf kk) from a LAMMPS with lammps/lammps PR #4463 (2025), or use exchange=None"
             )
+        if self.reads_force_norm and not has_hooks:
+            raise RuntimeError(
+                f"the head in {self.fused_path} reads the MLIP's per-atom force norm, whose ghost "
+                "parts only ML-IAP's reverse_exchange can sum back, which this LAMMPS's data object "
+                f"({type(data).__name__}) lacks: run ML-IAP with KOKKOS (-k on -sf kk), use "
+                "`pair_style probe/mace`, or train the head with `probe-md train --no-force-norm`"
+            )
+        self.has_hooks_ = has_hooks
         self.exchanging_ = bool(self.staged and has_hooks and self.exchange is not False)
         self.model_ = torch.jit.load(self.fused_path, map_location=self.device_).eval()
         from probe_md.mpi import resolve_comm
@@ -324,42 +342,62 @@ class ProbeMliapUnified(MLIAPUnified):
         step = self._step()
         scoring = step % self.config.every == 0
         n_local = int(data.nlistatoms)
-        local_terms = None
+        head_inputs = None
         if n_local > 0:
             if self.exchanging_:
-                node_energy, fij, local_terms = self._staged_terms(data, n_local, scoring)
+                node_energy, fij, head_inputs = self._staged_terms(data, n_local, scoring)
             else:
-                node_energy, fij, local_terms = self._tree_terms(data, n_local, scoring)
+                node_energy, fij, head_inputs = self._tree_terms(data, n_local, scoring)
             self._hand_back(data, node_energy, fij)
         else:
             data.energy = 0.0  # LAMMPS adds data->energy every step: no stale value
             if self.exchanging_:  # collectives: ranks without atoms take part too
                 self._idle_exchanges(data)
-        if scoring:  # collective: ranks without atoms take part too
-            self._score(step, n_local, local_terms)
+        if scoring:  # collectives: ranks without atoms take part too
+            self._score(step, n_local, self._head_terms(data, n_local, head_inputs))
+
+    def _head_terms(self, data, n_local: int, head_inputs):
+        """The head's (scores, values) of the local atoms from their node features and their
+        complete forces: the force rows' ghost parts are summed back to their owners first
+        (collective where ML-IAP has the hooks). Without hooks only heads that do not read
+        the force norm get here (`_setup`), and the local rows stand in."""
+        import torch
+
+        rows = None if head_inputs is None else head_inputs.force_rows
+        if self.has_hooks_:
+            if rows is None:
+                rows = torch.zeros((int(data.ntotal), 3), dtype=torch.float64, device=self.device_)
+            rows = mliap_exchanges(data)[1](rows)
+        if head_inputs is None:
+            return None
+        return self.model_.head_terms(head_inputs.node_feats, rows[:n_local])
 
     def _tree_terms(self, data, n_local: int, scoring: bool):
-        """Whole graph rebuilt from the pairs: (node_energy [n_local], fij [npairs, 3], head terms)."""
+        """Whole graph rebuilt from the pairs: (node_energy [n_local], fij [npairs, 3], what
+        the head reads when scoring)."""
         import torch
 
         tree = spanning_tree(n_local, int(data.ntotal), _numpy(data.pair_i), _numpy(data.pair_j), _numpy(data.rij))
         species = torch.as_tensor(_numpy(data.elems)[tree.atoms], dtype=torch.long, device=self.device_)
         positions = torch.as_tensor(tree.positions, dtype=torch.float64, device=self.device_)
         edges = torch.as_tensor(radius_edges(tree.positions, self.r_max), device=self.device_)
-        local_terms = None
+        head_inputs = None
         if scoring:
-            node_energy, forces, scores, values = self.model_.forward_with_head(positions, species, edges, n_local)
-            local_terms = (scores, values)
+            node_energy, forces, node_feats = self.model_.forward_with_features(positions, species, edges, n_local)
+            rows = torch.zeros((int(data.ntotal), 3), dtype=torch.float64, device=self.device_)
+            rows[torch.as_tensor(tree.atoms, dtype=torch.long, device=self.device_)] = forces.detach()
+            head_inputs = HeadInputs(node_feats, rows)
         else:
             node_energy, forces = self.model_(positions, species, edges, n_local)
         fij = tree_pair_forces(tree, forces.detach().cpu().numpy(), int(data.npairs))
-        return node_energy.detach(), fij, local_terms
+        return node_energy.detach(), fij, head_inputs
 
     def _staged_terms(self, data, n_local: int, scoring: bool):
-        """Layer by layer with ML-IAP's exchanges: (node_energy [n_local], fij [npairs, 3], head terms)."""
+        """Layer by layer with ML-IAP's exchanges: (node_energy [n_local], fij [npairs, 3], what
+        the head reads when scoring)."""
         import torch
 
-        from probe_md.lammps.halo_exchange import staged_step
+        from probe_md.lammps.halo_exchange import atom_forces, staged_step
 
         n_owned = int(getattr(data, "nlocal", n_local))
         if n_owned != n_local:  # exchanged rows are LAMMPS's atoms: owned ones must all be listed
@@ -379,8 +417,11 @@ class ProbeMliapUnified(MLIAPUnified):
         result = staged_step(self.model_, -rij[edge_ids], species, edge_index, n_local, forward, reverse)
         fij = torch.zeros((rij.shape[0], 3), dtype=torch.float64, device=device)
         fij[edge_ids] = -result.edge_gradient  # rij = -vector: dE/drij = -dE/d(vector)
-        local_terms = self.model_.head_terms(result.node_feats) if scoring else None
-        return result.node_energy, fij, local_terms
+        head_inputs = None
+        if scoring:
+            rows = atom_forces(result.edge_gradient, edge_index, int(data.ntotal))
+            head_inputs = HeadInputs(result.node_feats, rows)
+        return result.node_energy, fij, head_inputs
 
     def _idle_exchanges(self, data) -> None:
         """A rank without atoms makes the exchanges `staged_step` makes on the others, in order."""

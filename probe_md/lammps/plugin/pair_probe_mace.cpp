@@ -44,7 +44,7 @@
 
 using namespace LAMMPS_NS;
 
-static const char FUSED_FORMAT[] = "probe_md.fused/2";
+static const char FUSED_FORMAT[] = "probe_md.fused/3";
 
 /* The torch side of the pair style: the model, its device, and the outputs of the step being
    computed (local atoms' energies and, when scoring, the head's per-atom scores and values). */
@@ -52,6 +52,7 @@ struct PairProbeMace::Impl {
   torch::jit::script::Module model;
   torch::Device device{torch::kCPU};
   torch::Tensor node_energy, scores, values;
+  torch::Tensor node_feats;    // scoring steps: local atoms' node features, read by head_terms
 
   torch::jit::IValue call(const char *method, std::vector<torch::jit::IValue> args)
   {
@@ -222,8 +223,9 @@ void PairProbeMace::choose_exchange()
     // Layer 0 sends the species embedding, which ghosts compute themselves: no exchange.
     for (int layer = 1; layer < num_layers; layer++)
       comm_forward = std::max(comm_forward, static_cast<int>(exchange_widths[layer]));
-    comm_reverse = comm_forward;
   }
+  // Scoring steps also sum ghost rows of the MLIP's forces back to their owners (3 columns).
+  comm_reverse = std::max(comm_forward, 3);
   // The whole-graph path needs the neighbours of ghost atoms; the staged one does not.
   ghostneigh = exchange ? 0 : 1;
 }
@@ -405,12 +407,18 @@ void PairProbeMace::compute(int eflag, int vflag)
 
   const int nlocal = atom->nlocal;
   const bool scoring = is_scoring_step();
+  // Scoring steps keep this pair's own forces per atom row: the head reads their norm.
+  if (scoring)
+    mlip_forces.assign(3 * static_cast<size_t>(nlocal + atom->nghost), 0.0);
+  else
+    mlip_forces.clear();
   try {
     // The staged path runs even on a rank without atoms: its exchanges are collective.
     if (exchange)
       compute_staged(scoring);
     else if (nlocal > 0)
       compute_whole_graph(scoring);
+    if (scoring) head_terms_of_local_atoms(nlocal);    // collective, like the pooling below
   } catch (const std::exception &e) {
     std::string why = e.what();
     error->one(FLERR, "pair_style probe/mace: model evaluation failed: {}",
@@ -422,7 +430,7 @@ void PairProbeMace::compute(int eflag, int vflag)
 
   // Every rank takes part in the reductions, also when it owns no atoms.
   if (scoring) pool_and_score(nlocal);
-  impl->node_energy = impl->scores = impl->values = torch::Tensor();    // freed until next step
+  impl->node_energy = impl->scores = impl->values = impl->node_feats = torch::Tensor();    // freed until next step
 }
 
 /* Local atoms' energies into eng_vdwl / eatom; the head's terms to the CPU when scoring. */
@@ -500,11 +508,10 @@ void PairProbeMace::compute_whole_graph(bool scoring)
                                          static_cast<int64_t>(atom->nlocal)};
   torch::Tensor forces;
   if (scoring) {
-    auto out = impl->call("forward_with_head", std::move(inputs)).toTuple();
+    auto out = impl->call("forward_with_features", std::move(inputs)).toTuple();
     impl->node_energy = out->elements()[0].toTensor();
     forces = out->elements()[1].toTensor();
-    impl->scores = out->elements()[2].toTensor();
-    impl->values = out->elements()[3].toTensor();
+    impl->node_feats = out->elements()[2].toTensor();
   } else {
     auto out = impl->model.forward(inputs).toTuple();
     impl->node_energy = out->elements()[0].toTensor();
@@ -554,12 +561,14 @@ void PairProbeMace::build_whole_graph()
 void PairProbeMace::add_node_forces(const double *forces)
 {
   double **f = atom->f;
+  double *own = mlip_forces.empty() ? nullptr : mlip_forces.data();
   const int64_t nnodes = static_cast<int64_t>(atom_of_node.size());
   for (int64_t k = 0; k < nnodes; k++) {
     const int i = atom_of_node[k];
-    f[i][0] += forces[3 * k];
-    f[i][1] += forces[3 * k + 1];
-    f[i][2] += forces[3 * k + 2];
+    for (int d = 0; d < 3; d++) {
+      f[i][d] += forces[3 * k + d];
+      if (own) own[3 * i + d] += forces[3 * k + d];
+    }
   }
 }
 
@@ -585,7 +594,11 @@ void PairProbeMace::compute_staged(bool scoring)
   staged_energy(pass);
   staged_backward(pass);
   staged_edge_forces(pass);
-  if (scoring) staged_head_terms(pass);
+  if (scoring) {
+    std::vector<torch::Tensor> detached;
+    for (const auto &t : pass.feats_out) detached.push_back(t.detach());
+    impl->node_feats = torch::cat(detached, 1);    // every layer's output: what the head reads
+  }
 }
 
 /* The forward and reverse exchanges of every layer, with nothing to send. */
@@ -755,22 +768,32 @@ void PairProbeMace::staged_edge_forces(StagedPass &pass)
 void PairProbeMace::add_edge_forces(const double *g)
 {
   double **f = atom->f;
+  double *own = mlip_forces.empty() ? nullptr : mlip_forces.data();
   const int64_t nedges = static_cast<int64_t>(senders.size());
   for (int64_t e = 0; e < nedges; e++) {
     const int i = static_cast<int>(receivers[e]), j = static_cast<int>(senders[e]);
     for (int d = 0; d < 3; d++) {
       f[i][d] -= g[3 * e + d];
       f[j][d] += g[3 * e + d];
+      if (own) {
+        own[3 * i + d] -= g[3 * e + d];
+        own[3 * j + d] += g[3 * e + d];
+      }
     }
   }
 }
 
-/* The head's per-atom scores and values from every layer's output features. */
-void PairProbeMace::staged_head_terms(StagedPass &pass)
+/* The head's per-atom scores and values of the local atoms, from their node features and
+   their complete MLIP forces: ghost rows of mlip_forces go back to their owners first (reverse
+   communication, on every rank, atoms or not). */
+void PairProbeMace::head_terms_of_local_atoms(int nlocal)
 {
-  std::vector<torch::Tensor> detached;
-  for (const auto &t : pass.feats_out) detached.push_back(t.detach());
-  auto out = impl->call("head_terms", {torch::cat(detached, 1)}).toTuple();
+  exchange_rows(mlip_forces.data(), 3, false);
+  if (nlocal == 0) return;
+  torch::Tensor forces = torch::from_blob(mlip_forces.data(), {nlocal, 3},
+                                          torch::TensorOptions().dtype(torch::kFloat64))
+                             .to(impl->device);
+  auto out = impl->call("head_terms", {impl->node_feats, forces}).toTuple();
   impl->scores = out->elements()[0].toTensor();
   impl->values = out->elements()[1].toTensor();
 }
@@ -881,7 +904,7 @@ double PairProbeMace::memory_usage()
   bytes += static_cast<double>(hop.capacity() + node_of_atom.capacity() + atom_of_node.capacity()) *
       sizeof(int);
   bytes += static_cast<double>(senders.capacity() + receivers.capacity()) * sizeof(int64_t);
-  bytes += static_cast<double>(edge_vectors.capacity() + importance.capacity() +
+  bytes += static_cast<double>(edge_vectors.capacity() + importance.capacity() + mlip_forces.capacity() +
                                type_atomic_number.capacity()) * sizeof(double);
   bytes += static_cast<double>(type_to_species.capacity() + atomic_numbers.capacity() +
                                exchange_widths.capacity()) * sizeof(int64_t);

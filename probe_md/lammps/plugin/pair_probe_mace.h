@@ -64,6 +64,7 @@ class PairProbeMace : public Pair {
   std::vector<int> hop, node_of_atom, atom_of_node;  // whole-graph path
   std::vector<int64_t> senders, receivers;
   std::vector<double> edge_vectors;        // [nedges * 3], staged path
+  std::vector<double> mlip_forces;         // [nall * 3] this pair's forces per row, scoring steps
 
   void allocate();
   std::string parse_settings(int narg, char **arg);
@@ -75,7 +76,8 @@ class PairProbeMace : public Pair {
   int64_t species_of_atom(int i) const;
 
   // Both add forces to atom->f (ghost rows included) and leave in impl the local node
-  // energies and, on scoring steps, the head's per-atom terms.
+  // energies and, on scoring steps, the local atoms' node features (mlip_forces: this pair's
+  // forces per row, read by head_terms_of_local_atoms once their ghost parts are summed back).
   void compute_whole_graph(bool scoring);
   void build_whole_graph();
   void add_node_forces(const double *forces);
@@ -88,7 +90,7 @@ class PairProbeMace : public Pair {
   void staged_backward(StagedPass &pass);
   void staged_edge_forces(StagedPass &pass);
   void add_edge_forces(const double *edge_grad);
-  void staged_head_terms(StagedPass &pass);
+  void head_terms_of_local_atoms(int nlocal);
   void exchange_rows(double *rows, int width, bool forward);
 
   void tally_energies(bool scoring);
