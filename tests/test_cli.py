@@ -77,6 +77,8 @@ def test_defaults_come_from_the_dataclasses():
     assert (train.criterion, train.threshold, train.in_domain) == (
         TrainRequest.criterion, TrainRequest.threshold, TrainRequest.in_domain_path)
     assert (train.max_epochs, train.seed) == (TrainingConfig.max_epochs, TrainingConfig.seed)
+    assert train.force_norm is TrainRequest.force_norm is True
+    assert _defaults("train", ["--data", "d.extxyz", "-o", "h.pt", "--no-force-norm"]).force_norm is False
     assert (train.energy_key, train.forces_key) == (ReferenceKeys.energy, ReferenceKeys.forces)
     evaluate = _defaults("evaluate", [])
     assert (evaluate.criterion, evaluate.threshold) == (EvaluateRequest.criterion, EvaluateRequest.threshold)

@@ -95,6 +95,14 @@ def test_cli_bad_input_is_one_line(trained_head, tiny_mace_path, tiny_member_pat
     assert code == 2 and "another backbone" in capsys.readouterr().err
 
 
+def test_cli_train_without_the_force_norm_reads_the_backbone_features_only(tiny_mace_path, cu_extxyz, tmp_path):
+    out = tmp_path / "h.pt"
+    code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o", str(out), "--no-cache",
+                 "--max-epochs", "2", "--no-force-norm"])
+    head, _ = load_head(out)
+    assert code == 0 and not head.reads_force_norm and head.config.feature_dim == head.config.backbone_feature_dim == 16
+
+
 def test_cli_train_bad_threshold(tiny_mace_path, cu_extxyz, tmp_path, capsys):
     code = main(["train", "--model", str(tiny_mace_path), "--data", str(cu_extxyz), "-o",
                  str(tmp_path / "h.pt"), "--threshold", "-1", "--no-cache"])

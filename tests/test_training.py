@@ -74,6 +74,17 @@ def test_head_files_with_the_old_temperature_copy_still_load(fitted, tmp_path):
     assert float(head.temperature) == pytest.approx(float(fitted.head_.temperature))
 
 
+def test_head_files_from_before_the_force_norm_and_the_error_floor_load_as_they_were(fitted, tmp_path):
+    path = tmp_path / "old_head.pt"
+    save_head(fitted.head_, HeadInfo(criterion="force-rmse", threshold=0.1, backbone_fingerprint="abc"), path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["reads_force_norm"], payload["state_dict"]["error_log_floor"]  # what older files lack
+    torch.save(payload, path)
+    head, _ = load_head(path)
+    assert not head.reads_force_norm and head.config.backbone_feature_dim == head.config.feature_dim
+    assert float(head.error_log_floor) == float("-inf")  # no floor: lower bounds as before
+
+
 def test_unfitted_and_one_class_errors():
     with pytest.raises(NotFittedError, match="not fitted"):
         ProbeClassifier().predict_proba([np.zeros((3, 2))])
