@@ -196,6 +196,10 @@ def _criterion_section(reports: list[dict], criterion: str, split: str) -> list[
             prefix = head if i == 0 else "| | | | | | | "
             lines.append(f"{prefix}| {m['name']} | {m['auroc']:.3f} | {m['auprc']:.3f} "
                          f"| {m['aurc']:.3f} | {m['spearman_score_vs_error']:.3f} |")
+    reading = [r["backbone"] for r in reports if r.get("head_reads_force_norm")]
+    if reading:
+        lines += ["", f"PROBE heads that also read the MLIP's per-atom force norm: {', '.join(reading)}; "
+                  "the other rows are heads on the backbone's features alone (measured before it)."]
     lines += [
         "",
         "Expressiveness (same data, same rules): does a stronger backbone give a stronger signal?",
