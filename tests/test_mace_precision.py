@@ -23,6 +23,9 @@ STRESS_ATOL_EV_PER_A3 = 4e-7
 # logit 1.9e-4 (at logit -38.6).
 RELIABILITY_ATOL = 2e-5
 LOGIT_ATOL = 2e-3
+# Far from the threshold the logit is a big margin (-242 for the hottest cell): float32's
+# relative error counts there (1.5e-5 measured for it; 2e-6 to 1.6e-5 for the others).
+LOGIT_RTOL = 5e-5
 
 
 def _cells():
@@ -108,7 +111,7 @@ def test_bad_dtype_is_a_one_line_error(float64_backbone, tiny_path):
 
 
 def test_probe_calculator_float32_reliability_matches_float64():
-    """Shipped model and head: reliabilities from 0.92 to ~0 (logits +2.5 to -61)."""
+    """Shipped model and head: reliabilities from 0.94 to ~0 (logits +2.8 to -242)."""
     reference_calc, cast_calc = ProbeCalculator(), ProbeCalculator(dtype="float32")
     assert cast_calc.backbone.dtype == torch.float32
     assert {p.dtype for p in cast_calc.head.parameters()} == {torch.float32}
@@ -120,4 +123,4 @@ def test_probe_calculator_float32_reliability_matches_float64():
             results.append((calc.get_property("reliability", atoms), calc.get_property("reliability_logit", atoms)))
         (p64, logit64), (p32, logit32) = results
         assert p32 == pytest.approx(p64, abs=RELIABILITY_ATOL), f"cell {index}"
-        assert logit32 == pytest.approx(logit64, abs=LOGIT_ATOL), f"cell {index}"
+        assert logit32 == pytest.approx(logit64, abs=LOGIT_ATOL, rel=LOGIT_RTOL), f"cell {index}"
