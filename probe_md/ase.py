@@ -20,7 +20,8 @@ class ProbeCalculator(Calculator):
     """MACE + PROBE. Extra results: `reliability` (calibrated probability that the MLIP is
     reliable), `reliability_logit`, `predicted_error` (the head's estimate of the structure's
     error in its criterion's units, e.g. force RMSE in eV/Å) with `predicted_error_interval`
-    (lower, upper of an 80 % interval; NaN for heads trained without errors), per-atom
+    (lower, upper of an 80 % interval; NaN for heads trained without errors; upper = inf past
+    the largest error the head was trained on, see ProbeHead.readout_error), per-atom
     `importance` (1 = average atom) and per-atom `attention` [n_atoms, heads]. `dtype` ("float32" or "float64", default: the model's own)
     runs the MACE model and the head in that precision."""
 

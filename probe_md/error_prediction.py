@@ -85,6 +85,11 @@ def width_scale(head: ProbeHead, atom_counts: torch.Tensor) -> np.ndarray:
     return np.exp(-exponent * np.log(atom_counts.double().numpy() / ERROR_WIDTH_REFERENCE_ATOMS))
 
 
+def set_error_ceiling(head: ProbeHead, errors: np.ndarray, threshold: float | None = None) -> None:
+    """Record the largest error the readout was trained on (see ProbeHead.readout_error)."""
+    head.error_log_ceiling.fill_(float(log_errors(errors, threshold).max()))
+
+
 def interval_coverage(bounds: np.ndarray, errors: np.ndarray) -> float:
     """Fraction of structures whose error lies inside [lower, upper]."""
     errors = np.asarray(errors, float)

@@ -88,18 +88,20 @@ def evaluate(request: EvaluateRequest) -> dict:
 
 def predicted_error_report(predicted: np.ndarray, errors: np.ndarray) -> dict:
     """How the head's predicted error (median, 80 % interval) matches the actual error."""
-    if not np.all(np.isfinite(predicted)):
+    if np.isnan(predicted).any():
         return {"available": False}
-    positive = predicted[:, 0] > 0
+    positive = (predicted[:, 0] > 0) & np.isfinite(predicted[:, 2])
     return {
         "available": True,
         "spearman": metrics.spearman(predicted[:, 1], errors),
         "interval_coverage": interval_coverage(predicted, errors),
         "median_abs_log_ratio": float(np.median(np.abs(np.log(predicted[:, 1] / np.maximum(errors, 1e-12))))),
-        # intervals that reach 0 (lower bound at the head's error floor) have no finite ratio
+        # intervals that reach 0 (lower bound at the error floor) or are unbounded have no finite ratio
         "median_interval_width_ratio": float(np.median(predicted[positive, 2] / predicted[positive, 0]))
         if positive.any() else float("nan"),
-        "intervals_reaching_zero": float(np.mean(~positive)),
+        "intervals_reaching_zero": float(np.mean(predicted[:, 0] <= 0)),
+        # upper bound +inf: beyond the largest error the head was trained on
+        "intervals_unbounded": float(np.mean(np.isinf(predicted[:, 2]))),
     }
 
 
@@ -190,7 +192,9 @@ def _predicted_error_lines(section: dict | None) -> list[str]:
         f"{100 * section['interval_coverage']:.0f} % (median upper/lower {section['median_interval_width_ratio']:.2f}x, "
         f"median |log(pred/actual)| {section['median_abs_log_ratio']:.2f})"
     ] + ([f"  {100 * zero:.0f} % of the intervals reach 0 (their lower bound is at the head's error floor, "
-          "1 % of the threshold)"] if (zero := section.get("intervals_reaching_zero", 0.0)) > 0 else [])
+          "1 % of the threshold)"] if (zero := section.get("intervals_reaching_zero", 0.0)) > 0 else []) \
+      + ([f"  {100 * unbounded:.0f} % have no upper bound (beyond the largest error the head was trained on)"]
+         if (unbounded := section.get("intervals_unbounded", 0.0)) > 0 else [])
 
 
 def write_json(report: dict, path: str | os.PathLike) -> None:

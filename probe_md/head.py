@@ -172,6 +172,9 @@ class ProbeHead(nn.Module):
         self.register_buffer("error_interval_offset", torch.zeros(()))
         # log of the floor under the errors the readout was trained on (-inf: none, old heads)
         self.register_buffer("error_log_floor", torch.tensor(float("-inf")))
+        # log of the largest error the readout was trained on (+inf: unknown, old heads). Past it
+        # the readout extrapolates linearly: a 0.3 Å rattle read 1.5 keV/Å for an 18 eV/Å error.
+        self.register_buffer("error_log_ceiling", torch.tensor(float("inf")))
         # logit_from_error = 1: the raw logit is the predicted error's margin below exp(log_threshold).
         self.register_buffer("logit_from_error", torch.zeros(()))
         self.register_buffer("log_threshold", torch.zeros(()))
@@ -257,15 +260,17 @@ class ProbeHead(nn.Module):
 
     def readout_error(self, pooled: torch.Tensor, atom_counts: torch.Tensor) -> torch.Tensor:
         """Predicted error [G, 3]: (lower, median, upper) of the 80 % interval, criterion units;
-        NaN when the head was trained without errors."""
+        NaN when the head was trained without errors. Beyond the largest training error the
+        lower bound and median stop at it and the upper bound is +inf (unbounded)."""
         log_bounds = self.readout_log_error(pooled, atom_counts)
-        error = torch.exp(log_bounds)
         if float(self.error_fitted) < 0.5:
-            return torch.full_like(error, float("nan"))
+            return torch.full_like(log_bounds, float("nan"))
+        error = torch.exp(torch.minimum(log_bounds, self.error_log_ceiling))
         # The quantiles are those of max(error, floor): a lower bound at or below the floor
         # covers every error below it, down to 0 (e.g. forces that vanish by symmetry).
         lower = torch.where(log_bounds[:, 0] <= self.error_log_floor, torch.zeros_like(error[:, 0]), error[:, 0])
-        return torch.stack([lower, error[:, 1], error[:, 2]], dim=1)
+        upper = torch.where(log_bounds[:, 2] > self.error_log_ceiling, torch.full_like(error[:, 2], float("inf")), error[:, 2])
+        return torch.stack([lower, error[:, 1], upper], dim=1)
 
     def forward(
         self,

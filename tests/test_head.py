@@ -158,3 +158,40 @@ def test_a_lower_bound_at_the_error_floor_reaches_zero():
     assert 0 < int(at_floor.sum()) < 6
     assert torch.all(error[at_floor, 0] == 0) and torch.all(error[~at_floor, 0] == torch.exp(log_bounds[~at_floor, 0]))
     torch.testing.assert_close(error[:, 1:], torch.exp(log_bounds[:, 1:]))
+
+
+def test_errors_beyond_the_largest_training_error_are_reported_as_unbounded(tmp_path):
+    """Past the ceiling the readout extrapolates linearly: the median and lower bound stop at
+    it, the upper bound is +inf, and the logit is untouched; the scripted head agrees."""
+    torch.manual_seed(1)
+    head = ProbeHead(HeadConfig(feature_dim=3, num_heads=1, value_dim=2)).eval()
+    head.error_fitted.fill_(1.0)
+    head.logit_from_error.fill_(1.0)
+    pooled, counts = torch.randn(8, 2) * 3, torch.full((8,), 64.0)
+    with torch.no_grad():
+        log_bounds = head.readout_log_error(pooled, counts)
+        unclamped = head.readout_error(pooled, counts)  # no ceiling (old heads): as before
+        logits = head.readout_logit(pooled, counts)
+        head.error_log_ceiling.fill_(float(log_bounds[:, 1].median()))
+        error = head.readout_error(pooled, counts)
+    torch.testing.assert_close(unclamped, torch.exp(log_bounds))
+    ceiling = float(head.error_log_ceiling)
+    beyond = log_bounds[:, 2] > ceiling
+    assert 0 < int((log_bounds[:, 1] > ceiling).sum()) < 8
+    assert torch.all(torch.isinf(error[beyond, 2])) and torch.all(torch.isfinite(error[~beyond]))
+    torch.testing.assert_close(error[:, :2], torch.exp(torch.clamp(log_bounds[:, :2], max=ceiling)))
+    torch.testing.assert_close(head.readout_logit(pooled, counts), logits)
+    path = tmp_path / "readout.pt"
+    torch.jit.save(torch.jit.script(_ErrorReadout(head)), path)
+    torch.testing.assert_close(torch.jit.load(path)(pooled, counts), error)
+
+
+class _ErrorReadout(torch.nn.Module):
+    """readout_error as a scripted module's forward (the fused export calls it the same way)."""
+
+    def __init__(self, head: ProbeHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, pooled: torch.Tensor, atom_counts: torch.Tensor) -> torch.Tensor:
+        return self.head.readout_error(pooled, atom_counts)

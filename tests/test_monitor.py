@@ -8,6 +8,7 @@ import ase.io
 import numpy as np
 import pytest
 
+from probe_md.lammps.driver import predicted_error_text
 from probe_md.lammps.monitor import (
     FLAGGED_FILE,
     LOG_FILE,
@@ -176,10 +177,17 @@ def test_predicted_error_is_logged_restored_and_written_with_flagged_frames(tmp_
     decision = monitor.check(10, 0.2, -1.4, (0.035, 0.028, 0.044))
     monitor.write_frame(decision, **frame())
     monitor.check(20, 0.9, 2.2, (float("nan"),) * 3)  # a head without it
+    monitor.check(30, 0.01, -4.6, (3.2, 2.5, float("inf")))  # beyond the head's training errors
     records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
-    assert [r["predicted_error"] for r in records] == [[0.02, 0.015, 0.03], [0.035, 0.028, 0.044], None]
+    assert [r["predicted_error"] for r in records] == [[0.02, 0.015, 0.03], [0.035, 0.028, 0.044], None,
+                                                       [3.2, 2.5, None]]
     atoms = ase.io.read(tmp_path / FLAGGED_FILE)
     np.testing.assert_allclose(atoms.info["predicted_error"], [0.035, 0.028, 0.044])
     resumed = ReliabilityMonitor(MonitorConfig(threshold=0.5, patience=10), tmp_path / "resumed")
     resumed.restore(records, frames_written=1)
     assert resumed.checks_[1].predicted_error == (0.035, 0.028, 0.044) and resumed.checks_[2].predicted_error is None
+    assert resumed.checks_[3].predicted_error == (3.2, 2.5, float("inf"))
+    assert predicted_error_text(resumed.checks_[1]) == "; p = 0.2, predicted error 0.035 (0.028-0.044)"
+    assert predicted_error_text(resumed.checks_[3]) == (
+        "; p = 0.01, predicted error over 2.5 (beyond the head's training errors)")
+    assert predicted_error_text(resumed.checks_[2]) == ""

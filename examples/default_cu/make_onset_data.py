@@ -10,8 +10,9 @@ threshold (25.8 meV/Å for the default: 800 K bulk, hot vacancies). These sets f
   onset_test.extxyz,  the onset benchmark (benchmarks/quality): 108/256-atom cells at 450-1150 K
                       (between the pool's rungs), equilibrium or +-1 % strained, with or without a
   onset_test_b.extxyz vacancy; other seeds, disjoint trajectories (150 + 300 structures)
-  large_test.extxyz   size transfer: 256-4000-atom cells at 450-1150 K, some with vacancies
-                      (one per ~128 atoms); each starts from an equilibrated 256-atom cell repeated
+  large_test.extxyz,  size transfer: 256-4000-atom cells at 450-1150 K, some with vacancies
+  large_test_b.extxyz (one per ~128 atoms); each starts from an equilibrated seed cell repeated;
+                      other seeds, disjoint runs (30 frames of 15 runs + 60 frames of 60 runs)
 
 Usage: python examples/default_cu/make_onset_data.py [--out DIR] [--only onset_pool ...] [--scale 1]
 """
@@ -42,7 +43,7 @@ from make_data import (  # noqa: E402  (the sibling script holds the MD and labe
 )
 from probe_md.reference.cu_snap import cu_snap_calculator  # noqa: E402
 
-SPLIT_SEEDS = {"onset_pool": 11, "onset_test": 12, "large_test": 13, "onset_test_b": 14}
+SPLIT_SEEDS = {"onset_pool": 11, "onset_test": 12, "large_test": 13, "onset_test_b": 14, "large_test_b": 15}
 POOL_LADDER_K = tuple(range(400, 1201, 100))  # 9 rungs, 100 K apart
 TEST_LADDER_K = tuple(range(450, 1151, 100))  # between the pool's rungs
 POOL_REPEATS = ((2, 2, 2), (3, 3, 3), (4, 4, 4))  # 32, 108, 256 atoms
@@ -117,8 +118,16 @@ TEST_PROTOCOLS: dict[str, tuple[Protocol, float]] = {
 }
 
 
-def large_protocol(rng: np.random.Generator, count: int) -> list[tuple[Atoms, str]]:
+def large_md(frames_per_run: int) -> Protocol:
     """Big cells: a seed cell equilibrated at T (barostat), repeated, vacancies, short MD."""
+
+    def protocol(rng: np.random.Generator, count: int) -> list[tuple[Atoms, str]]:
+        return _large_runs(rng, count, frames_per_run)
+
+    return protocol
+
+
+def _large_runs(rng: np.random.Generator, count: int, frames_per_run: int) -> list[tuple[Atoms, str]]:
     out: list[tuple[Atoms, str]] = []
     run = 0
     while len(out) < count:
@@ -130,7 +139,7 @@ def large_protocol(rng: np.random.Generator, count: int) -> list[tuple[Atoms, st
         if run % 2:
             start = with_vacancies_spread(start, rng, max(1, len(start) // 128))
         # fresh velocities and the Langevin noise decorrelate the repeated copies
-        md = MDRun(start, temperature, min(2, count - len(out)), stride=40, equilibration_steps=100, seed=seed + 1)
+        md = MDRun(start, temperature, min(frames_per_run, count - len(out)), stride=40, equilibration_steps=100, seed=seed + 1)
         out += [(frame, f"md{run:03d}_{len(start)}") for frame in run_md(md)]
         run += 1
     return out
@@ -142,13 +151,17 @@ def with_vacancies_spread(atoms: Atoms, rng: np.random.Generator, count: int) ->
     return out
 
 
-LARGE_PROTOCOLS: dict[str, tuple[Protocol, float]] = {"large_test": (large_protocol, 1.0)}
+LARGE_PROTOCOLS: dict[str, tuple[Protocol, float]] = {"large_test": (large_md(2), 1.0)}
+# one frame per run: the two frames of a large_test run have nearly the same error
+LARGE_PROTOCOLS_B: dict[str, tuple[Protocol, float]] = {"large_test": (large_md(1), 1.0)}
 PLAN = {  # set name -> (protocols, structures at --scale 1)
     "onset_pool": (POOL_PROTOCOLS, 400),
     "onset_test": (TEST_PROTOCOLS, 150),
     # more of the same protocol, other seeds: 150 frames leave ECE a noise floor of ~0.07
     "onset_test_b": (TEST_PROTOCOLS, 300),
     "large_test": (LARGE_PROTOCOLS, 30),
+    # 30 frames of 15 runs leave coverage and ECE a noise floor of ~0.1: 60 more runs, other seeds
+    "large_test_b": (LARGE_PROTOCOLS_B, 60),
 }
 
 

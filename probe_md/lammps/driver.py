@@ -22,6 +22,7 @@ are not supported (use `run N every ...` or several `run` lines instead).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ def predicted_error_text(check) -> str:
     if check.predicted_error is None:
         return ""
     median, lower, upper = check.predicted_error
+    if math.isinf(upper):  # beyond the largest error the head was trained on
+        return f"; p = {check.probability:.2g}, predicted error over {lower:.3g} (beyond the head's training errors)"
     return f"; p = {check.probability:.2g}, predicted error {median:.3g} ({lower:.3g}-{upper:.3g})"
 
 

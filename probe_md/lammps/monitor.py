@@ -410,8 +410,11 @@ def _nan_if_none(value) -> float:
 
 
 def _predicted_error(values) -> tuple[float, float, float] | None:
-    """(median, lower, upper) as floats; None when absent or all NaN (a head without it)."""
+    """(median, lower, upper) as floats; None when absent or all NaN (a head without it). The
+    log writes an unbounded upper bound (beyond the errors the head was trained on) as null."""
     if values is None:
         return None
-    values = tuple(_nan_if_none(v) for v in values)
-    return None if all(math.isnan(v) for v in values) else values
+    median, lower, upper = (_nan_if_none(v) for v in values)
+    if math.isnan(median) and math.isnan(lower) and math.isnan(upper):
+        return None
+    return median, lower, float("inf") if values[2] is None and not math.isnan(median) else upper
