@@ -94,3 +94,23 @@ def test_nan_positions_give_one_line_error(calculator):
     atoms.calc = calculator
     with pytest.raises(ValueError, match="NaN or infinite positions"):
         atoms.get_potential_energy()
+
+
+def test_the_embedded_heads_interval_stays_open_far_beyond_its_training_errors():
+    """A 108-atom Cu cell rattled by 0.4 Å: SNAP's force RMSE against the default MACE is
+    ~15 eV/Å, far above the largest error the head was trained on (3.2 eV/Å). The readout
+    alone extrapolates to 3.9 (3.5-7.0) eV/Å and misses; the reported interval must be open
+    above and start below the actual error."""
+    from probe_md import defaults
+    from probe_md.reference.cu_snap import cu_snap_calculator
+
+    atoms = bulk("Cu", "fcc", a=3.636, cubic=True).repeat(3)
+    atoms.rattle(0.4, seed=1)
+    reference = atoms.copy()
+    reference.calc = cu_snap_calculator()
+    atoms.calc = ProbeCalculator(defaults.default_model_path(), defaults.DEFAULT_DIR / defaults.HEAD_FILE)
+    actual = np.sqrt(np.mean((atoms.get_forces() - reference.get_forces()) ** 2))
+    lower, upper = atoms.calc.results["predicted_error_interval"]
+    assert actual > 10.0 and atoms.calc.results["reliability"] < 1e-3
+    assert np.isinf(upper) and lower <= actual
+    assert atoms.calc.results["predicted_error"] == pytest.approx(lower)  # both at the largest training error
