@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from probe_md.head import ERROR_QUANTILES, ERROR_WIDTH_REFERENCE_ATOMS, ProbeHead
+from probe_md.head import ERROR_QUANTILES, ProbeHead
 
 ERROR_FLOOR = 1e-12  # a zero error (identical forces) would have log = -inf
 # With a threshold, errors below this fraction of it count as equally small: some structures'
@@ -79,15 +79,17 @@ def conformal_offset(log_bounds: np.ndarray, target: np.ndarray, coverage: float
 
 
 def width_scale(head: ProbeHead, atom_counts: torch.Tensor) -> np.ndarray:
-    """The per-structure factor on the interval's half-widths (see ProbeHead.readout_log_error)."""
+    """The per-structure factor on the interval's half-widths (see ProbeHead.width_scale)."""
     with torch.no_grad():
-        exponent = float(head.error_width_size_exponent.detach())
-    return np.exp(-exponent * np.log(atom_counts.double().numpy() / ERROR_WIDTH_REFERENCE_ATOMS))
+        return head.width_scale(atom_counts.to(head.feature_mean.dtype)).double().numpy()
 
 
-def set_error_ceiling(head: ProbeHead, errors: np.ndarray, threshold: float | None = None) -> None:
-    """Record the largest error the readout was trained on (see ProbeHead.readout_error)."""
+def set_training_range(head: ProbeHead, errors: np.ndarray, atom_counts: np.ndarray,
+                       threshold: float | None = None) -> None:
+    """Record the largest error and cell the readout was trained on: the reported error and
+    the interval's size law stop there (see ProbeHead.readout_error and width_scale)."""
     head.error_log_ceiling.fill_(float(log_errors(errors, threshold).max()))
+    head.error_width_max_atoms.fill_(float(np.max(atom_counts)))
 
 
 def interval_coverage(bounds: np.ndarray, errors: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from probe_md.error_prediction import (
     pinball_loss,
     pooled_vectors,
     predicted_errors,
-    set_error_ceiling,
+    set_training_range,
 )
 from probe_md.estimator import check_is_fitted
 from probe_md.head import HeadConfig, ProbeHead
@@ -267,7 +267,7 @@ class ProbeClassifier:
             head.logit_from_error.fill_(1.0)
         temperature, bias = _calibrate(head, features, labels, split.calibration)
         if errors is not None:
-            set_error_ceiling(head, np.asarray(errors)[split.train], threshold)
+            set_training_range(head, np.asarray(errors)[split.train], [len(features[i]) for i in split.train], threshold)
         error_summary = {} if errors is None else calibrate_error_interval(
             head, pooled_vectors(head, [features[i] for i in split.calibration]), errors[split.calibration], threshold
         )

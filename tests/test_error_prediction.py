@@ -152,7 +152,8 @@ def test_the_fitted_head_knows_its_floor_and_reports_lower_bounds_below_it_as_ze
     assert interval_coverage(bounds, np.full(len(bounds), 1e-9)) == 1.0
 
 
-def test_the_fitted_head_knows_the_largest_error_it_was_trained_on(fitted_from_error):
+def test_the_fitted_head_knows_the_largest_error_and_cell_it_was_trained_on(fitted_from_error):
     head, split = fitted_from_error.head_, fitted_from_error.split_
-    _, errors = graded_set(300, seed=0)  # what the fixture trained on
+    features, errors = graded_set(300, seed=0)  # what the fixture trained on
     assert float(head.error_log_ceiling) == pytest.approx(np.log(errors[split.train].max()), rel=1e-6)
+    assert float(head.error_width_max_atoms) == max(len(features[i]) for i in split.train)

@@ -186,6 +186,28 @@ def test_errors_beyond_the_largest_training_error_are_reported_as_unbounded(tmp_
     torch.testing.assert_close(torch.jit.load(path)(pooled, counts), error)
 
 
+def test_the_intervals_size_law_stops_at_the_largest_training_cell_and_the_logits_does_not():
+    torch.manual_seed(2)
+    head = ProbeHead(HeadConfig(feature_dim=3, num_heads=1, value_dim=2)).eval()
+    head.error_fitted.fill_(1.0)
+    head.logit_from_error.fill_(1.0)
+    head.log_threshold.fill_(-3.0)
+    pooled = torch.randn(1, 2).repeat(3, 1)
+    counts = torch.tensor([64.0, 128.0, 512.0])
+    with torch.no_grad():
+        head.error_width_size_exponent.fill_(0.5)
+        unlimited = head.readout_log_error(pooled, counts)  # no largest cell (old heads)
+        logits = head.readout_logit(pooled, counts)
+        head.error_width_max_atoms.fill_(128.0)
+        log_bounds = head.readout_log_error(pooled, counts)
+        torch.testing.assert_close(head.readout_logit(pooled, counts), logits)
+    width = log_bounds[:, 2] - log_bounds[:, 0]
+    torch.testing.assert_close(log_bounds[:2], unlimited[:2])
+    torch.testing.assert_close(width[2], width[1])  # 512 atoms: the 128-atom width
+    assert width[2] > unlimited[2, 2] - unlimited[2, 0]
+    assert logits[2].abs() > logits[1].abs()  # the logit's spread keeps shrinking: sharper
+
+
 class _ErrorReadout(torch.nn.Module):
     """readout_error as a scripted module's forward (the fused export calls it the same way)."""
 

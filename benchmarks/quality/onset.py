@@ -2,7 +2,8 @@
 
 For each head (the embedded default; --before: the head shipped before the onset data, kept in
 benchmarks/quality/data), on the shipped Cu test set, the onset benchmark (108/256-atom cells at
-450-1150 K, +-1 % strain, with/without a vacancy) and the large cells (256-4000 atoms): PROBE vs
+450-1150 K, +-1 % strain, with/without a vacancy) and the large cells (256-4000 atoms; the first
+30, as reported since stop 11, and all 90 with large_test_b's 60 one-frame runs): PROBE vs
 the K=4 ensemble's best measure vs feature density (AUROC), ECE, and the predicted error
 (Spearman with the actual error, 80 % interval coverage). Then the calibrate experiment: the
 `--before` head recalibrated on N frames of the onset regime (from the onset pool, other
@@ -24,13 +25,26 @@ import numpy as np
 
 from probe_md import defaults, metrics
 from probe_md.evaluation import EvaluateRequest, evaluate, write_json
+from probe_md.io_utils import atomic_output
 from probe_md.recalibration import CalibrateRequest, calibrate
 
 DATA = Path(__file__).resolve().parent / "data"
-SETS = {
-    "shipped test": defaults.default_test_data_path,
-    "onset": lambda: DATA / "onset_test.extxyz.gz",
-    "large cells": lambda: DATA / "large_test.extxyz.gz",
+LARGE_PARTS = (DATA / "large_test.extxyz.gz", DATA / "large_test_b.extxyz.gz")
+
+
+def large_all(work: Path) -> Path:
+    """Both parts of the large cells in one file (written once per run, in the work folder)."""
+    path = work / "large_all.extxyz"
+    with atomic_output(path) as tmp:
+        ase.io.write(tmp, [atoms for part in LARGE_PARTS for atoms in ase.io.read(part, index=":")], format="extxyz")
+    return path
+
+
+SETS = {  # name -> the data file, given the work folder
+    "shipped test": lambda work: defaults.default_test_data_path(),
+    "onset": lambda work: DATA / "onset_test.extxyz.gz",
+    "large cells": lambda work: LARGE_PARTS[0],
+    "large cells, all": large_all,
 }
 BEFORE_HEAD = DATA / "cu_head_before_onset.pt"
 
@@ -60,12 +74,12 @@ def row(report: dict) -> dict:
 WITH_ENSEMBLE = ("shipped test", "onset")
 
 
-def evaluate_head(head: Path) -> dict:
+def evaluate_head(head: Path, data: dict[str, Path]) -> dict:
     ensemble = defaults.default_ensemble_paths()
     return {
-        name: row(evaluate(EvaluateRequest(model_path=ensemble[0], head_path=head, data_path=path(),
+        name: row(evaluate(EvaluateRequest(model_path=ensemble[0], head_path=head, data_path=path,
                                            ensemble_paths=ensemble[1:] if name in WITH_ENSEMBLE else [])))
-        for name, path in SETS.items()
+        for name, path in data.items()
     }
 
 
@@ -78,18 +92,19 @@ def calibrate_experiment(onset_pool: Path, frames: int, work: Path) -> dict:
     recalibrated = work / f"cu_head_before_onset_calibrated_{frames}.pt"
     recalibrated.unlink(missing_ok=True)
     fit = calibrate(CalibrateRequest(BEFORE_HEAD, [subset], recalibrated, defaults.default_model_path()))
-    before = row(evaluate(EvaluateRequest(defaults.default_model_path(), BEFORE_HEAD, SETS["onset"]())))
-    after = row(evaluate(EvaluateRequest(defaults.default_model_path(), recalibrated, SETS["onset"]())))
+    onset = SETS["onset"](work)
+    before = row(evaluate(EvaluateRequest(defaults.default_model_path(), BEFORE_HEAD, onset)))
+    after = row(evaluate(EvaluateRequest(defaults.default_model_path(), recalibrated, onset)))
     return {"frames": len(chosen), "fit": fit, "onset_ece_before": before["ece"], "onset_ece_after": after["ece"],
             "onset_auroc_before": before["probe_auroc"], "onset_auroc_after": after["probe_auroc"],
             "onset_coverage_before": before["interval_coverage"], "onset_coverage_after": after["interval_coverage"]}
 
 
 def format_rows(title: str, rows: dict) -> list[str]:
-    lines = [title, f"  {'set':<14}{'n (rel/unrel)':>16}{'PROBE':>7}{'ens.best':>9}{'density':>8}{'ECE':>7}"
+    lines = [title, f"  {'set':<18}{'n (rel/unrel)':>16}{'PROBE':>7}{'ens.best':>9}{'density':>8}{'ECE':>7}"
                     f"{'err ρ':>7}{'cover':>7}"]
     for name, r in rows.items():
-        lines.append(f"  {name:<14}{r['n']:>6} ({r['reliable']}/{r['unreliable']})".ljust(32)
+        lines.append(f"  {name:<18}{r['n']:>6} ({r['reliable']}/{r['unreliable']})".ljust(36)
                      + f"{r['probe_auroc']:>5.3f}{r['ensemble_best_auroc']:>9.3f}{r['density_auroc']:>8.3f}"
                        f"{r['ece']:>7.3f}{r['error_spearman']:>7.3f}{r['interval_coverage']:>7.2f}")
     return lines
@@ -104,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     work = args.out / "onset_work"
     work.mkdir(parents=True, exist_ok=True)
-    result = {"embedded head": evaluate_head(defaults.default_head_path()), "head before onset data": evaluate_head(BEFORE_HEAD)}
+    data = {name: path(work) for name, path in SETS.items()}
+    result = {"embedded head": evaluate_head(defaults.default_head_path(), data),
+              "head before onset data": evaluate_head(BEFORE_HEAD, data)}
     if args.onset_pool.is_file():
         result["calibrate"] = calibrate_experiment(args.onset_pool, args.frames, work)
     result["wall_seconds"] = time.perf_counter() - start
