@@ -104,7 +104,7 @@ def format_rows(title: str, rows: dict) -> list[str]:
     lines = [title, f"  {'set':<18}{'n (rel/unrel)':>16}{'PROBE':>7}{'ens.best':>9}{'density':>8}{'ECE':>7}"
                     f"{'err ρ':>7}{'cover':>7}"]
     for name, r in rows.items():
-        lines.append(f"  {name:<18}{r['n']:>6} ({r['reliable']}/{r['unreliable']})".ljust(36)
+        lines.append(f"  {name:<18}{r['n']:>6} ({r['reliable']}/{r['unreliable']})".ljust(38)
                      + f"{r['probe_auroc']:>5.3f}{r['ensemble_best_auroc']:>9.3f}{r['density_auroc']:>8.3f}"
                        f"{r['ece']:>7.3f}{r['error_spearman']:>7.3f}{r['interval_coverage']:>7.2f}")
     return lines
