@@ -146,3 +146,17 @@ def test_cli_train_prints_the_library_progress(tiny_mace_path, cu_extxyz, tmp_pa
     assert code == 0
     assert out.startswith("criterion force-rmse, threshold ") and "reliable / " in out
     assert "\nhead trained: " in out and f"wrote {tmp_path / 'h.pt'}: threshold" in out
+
+
+def test_the_predicted_error_report_counts_intervals_at_zero_and_unbounded_ones():
+    from probe_md.evaluation import _predicted_error_lines, predicted_error_report
+
+    predicted = np.array([[0.01, 0.02, 0.04], [0.0, 0.001, 0.005], [3.0, 3.0, np.inf], [0.02, 0.03, 0.06]])
+    errors = np.array([0.03, 0.0, 15.0, 0.1])
+    report = predicted_error_report(predicted, errors)
+    assert report["available"] and report["interval_coverage"] == 0.75  # the last one is above its interval
+    assert report["intervals_reaching_zero"] == 0.25 and report["intervals_unbounded"] == 0.25
+    assert report["median_interval_width_ratio"] == pytest.approx(3.5)  # 4x and 3x; no 0 or inf
+    lines = "\n".join(_predicted_error_lines(report))
+    assert "25 % of the intervals reach 0" in lines and "25 % have no upper bound" in lines
+    assert not predicted_error_report(np.full((2, 3), np.nan), errors[:2])["available"]
