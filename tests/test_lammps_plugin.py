@@ -149,8 +149,8 @@ def cu_structure(kind: str):
     return atoms
 
 
-def commands(plugin, fused, data_file, elements="Cu", extra=(), exchange=None, processors=None):
-    exchange_keyword = "" if exchange is None else f" exchange {exchange}"
+def commands(plugin, fused, data_file, elements="Cu", extra=(), exchange=None, processors=None, device=None):
+    keywords = ("" if exchange is None else f" exchange {exchange}") + ("" if device is None else f" device {device}")
     return [
         f"plugin load {plugin}",
         "units metal",
@@ -159,7 +159,7 @@ def commands(plugin, fused, data_file, elements="Cu", extra=(), exchange=None, p
         "neighbor 0.5 bin",  # ghosts reach num_layers * r_max + skin: a small skin keeps tests fast
         "atom_modify map yes",
         f"read_data {data_file}",
-        f"pair_style probe/mace {fused}{exchange_keyword}",
+        f"pair_style probe/mace {fused}{keywords}",
         f"pair_coeff * * {elements}",
         f"compute rel all probe/reliability every {EVERY}",
         "compute eatom all pe/atom",
@@ -168,16 +168,18 @@ def commands(plugin, fused, data_file, elements="Cu", extra=(), exchange=None, p
     ]
 
 
-def run_lammps(plugin, files, atoms, name, nprocs=1, md=(), series=None, exchange=None, processors=None):
+def run_lammps(plugin, files, atoms, name, nprocs=1, md=(), series=None, exchange=None, processors=None,
+               device=None):
     folder = files["folder"]
     name = name if exchange is None else f"{name}_exchange_{exchange}"
+    name = name if device is None else f"{name}_{device}"
     data_file = folder / f"{name}.data"
     ase.io.write(data_file, atoms, format="lammps-data", specorder=["Cu"], masses=True)
     runner = folder / "runner.py"
     runner.write_text(RUNNER)
     out = str(folder / f"{name}_np{nprocs}")
     config = folder / f"{name}_np{nprocs}.json.in"
-    lines = commands(plugin, files["fused"], data_file, exchange=exchange, processors=processors)
+    lines = commands(plugin, files["fused"], data_file, exchange=exchange, processors=processors, device=device)
     config.write_text(json.dumps({"commands": lines, "md": list(md),
                                   "series": series, "out": out}))
     launcher = [] if nprocs == 1 else [MPIRUN, "-np", str(nprocs)]

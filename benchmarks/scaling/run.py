@@ -107,7 +107,7 @@ def mpirun_path() -> Path:
 
 def case_command(case: Case, args: argparse.Namespace, plugin: Path, models: dict[str, Path], out: Path) -> list[str]:
     repeat = ATOMS_TO_REPEAT[case.atoms]
-    common = ["--repeat", str(repeat), "--warmup", str(args.warmup), "--time-budget", str(args.time_budget),
+    common = ["--repeat", str(repeat), "--device", args.device, "--warmup", str(args.warmup), "--time-budget", str(args.time_budget),
               "--out", str(out)]
     if case.kind == "bare":
         return [sys.executable, str(HERE / "bare_mace.py"), "--mace", str(args.mace), "--fused",
@@ -336,6 +336,7 @@ def machine_info() -> dict:
 
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "python": sys.version.split()[0], "torch": torch.__version__, "lammps": lammps_version_string(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_at_start": list(os.getloadavg())}
 
 
@@ -465,6 +466,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exchange", type=comma_list(str, {"yes", "no"}), default=["yes", "no"],
                         help="pair style `exchange` values (yes: per-layer halo, no: whole graph)")
     parser.add_argument("--dtypes", type=comma_list(str, set(DTYPES)), default=list(DTYPES))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where MACE runs: the pair style's `device` and the bare MACE's device")
     parser.add_argument("--steps", type=int, default=20, help="most timed steps per case and round")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first (default: --every + 1, so that both the plain and the "

@@ -126,11 +126,11 @@ void PairProbeMace::settings(int narg, char **arg)
   choose_exchange();
   if (comm->me == 0)
     utils::logmesg(lmp, "probe/mace: {} ({}; species {}; r_max {} A x {} layers; head {}x{}); "
-                   "exchange {}; {} torch thread(s) per rank\n", model_file,
+                   "exchange {}; device {}; {} torch thread(s) per rank\n", model_file,
                    impl->model.attr("model_dtype").toStringRef(), utils::join_words(species, " "),
                    r_max, num_layers, num_heads, value_dim,
                    exchange ? "yes (ghost cutoff r_max)" : "no (ghost cutoff layers x r_max)",
-                   at::get_num_threads());
+                   impl->device.str(), at::get_num_threads());
 }
 
 /* Reads `<file> [device cpu|cuda] [exchange yes|no]`; returns the device name. */
