@@ -15,13 +15,21 @@ from scipy.optimize import isotonic_regression
 
 
 def fit_temperature_and_bias(
-    logits: torch.Tensor, is_reliable: torch.Tensor, max_iter: int = 200
+    logits: torch.Tensor, is_reliable: torch.Tensor, max_iter: int = 200, prior: bool = False
 ) -> tuple[float, float]:
-    """(temperature, bias) minimising the NLL of sigmoid((logit + bias) / temperature)."""
+    """(temperature, bias) minimising the NLL of sigmoid((logit + bias) / temperature).
+
+    prior: maximum a posteriori, with the map the logits already have (T = 1, bias 0) as the
+    prior's mean: log T ~ N(0, 1), bias ~ N(0, 2^2). It weighs as much as one frame's NLL, so
+    it is felt only on a few frames. On a few frames that the logit happens to separate, the
+    plain fit drives the temperature towards 0: a map that says 0 or 1 everywhere (8 frames did
+    that to a retraining round's head: AUROC 0.968 -> 0.937, ECE 0.040 -> 0.118 on the
+    default's test set)."""
     logits = logits.detach().double()
     targets = is_reliable.detach().double()
     log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
     bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    prior_weight = 1.0 / len(targets) if prior else 0.0
     optimizer = torch.optim.LBFGS([log_temperature, bias], lr=0.1, max_iter=max_iter)
 
     def closure():
@@ -29,6 +37,7 @@ def fit_temperature_and_bias(
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             (logits + bias) / torch.exp(log_temperature), targets
         )
+        loss = loss + prior_weight * (log_temperature**2 / 2 + (bias / 2) ** 2 / 2)
         loss.backward()
         return loss
 
@@ -45,6 +54,18 @@ def fit_temperature_and_bias(
 # this many the choice is temperature + bias without trying it.
 MIN_FRAMES_FOR_ISOTONIC = 40
 CALIBRATION_FOLDS = 5
+# Below this many frames a refitted map (and the interval's conformal offset) is mostly noise:
+# the head's own calibration is the better guess.
+MIN_FRAMES_FOR_RECALIBRATION = 20
+
+
+def check_enough_frames(n_frames: int) -> None:
+    """One line when there are too few labelled frames to recalibrate on."""
+    if n_frames < MIN_FRAMES_FOR_RECALIBRATION:
+        raise ValueError(
+            f"recalibration needs at least {MIN_FRAMES_FOR_RECALIBRATION} labelled frames, got {n_frames}: "
+            "label more frames of this regime (the head keeps its own calibration)"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,8 @@ def fit_isotonic(logits: np.ndarray, is_reliable: np.ndarray) -> LogitMap:
 def fit_logit_map(kind: str, logits: np.ndarray, is_reliable: np.ndarray) -> LogitMap:
     if kind == "isotonic":
         return fit_isotonic(logits, is_reliable)
-    temperature, bias = fit_temperature_and_bias(torch.as_tensor(logits), torch.as_tensor(is_reliable))
+    temperature, bias = fit_temperature_and_bias(torch.as_tensor(logits), torch.as_tensor(is_reliable),
+                                                 prior=True)
     return LogitMap("temperature", temperature, bias)
 
 
@@ -130,6 +152,7 @@ def choose_logit_map(logits: np.ndarray, is_reliable: np.ndarray, folds: int = C
     folds = min(folds, int(is_reliable.sum()), int((~is_reliable).sum()))
     if folds < 2:
         raise ValueError("recalibration needs at least 2 reliable and 2 unreliable frames")
+    check_enough_frames(len(logits))
     kinds = ["temperature"] + (["isotonic"] if len(logits) >= MIN_FRAMES_FOR_ISOTONIC else [])
     out_of_fold = {kind: out_of_fold_logits(kind, logits, is_reliable, folds) for kind in kinds}
     nll = {kind: binary_nll(mapped, is_reliable) for kind, mapped in out_of_fold.items()}

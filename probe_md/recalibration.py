@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from probe_md.calibration import CALIBRATION_FOLDS, CalibrationChoice, LogitMap, choose_logit_map
+from probe_md.calibration import (
+    CALIBRATION_FOLDS,
+    CalibrationChoice,
+    LogitMap,
+    check_enough_frames,
+    choose_logit_map,
+)
 from probe_md.error_prediction import (
     PooledStructures,
     conformal_offset,
@@ -122,6 +128,7 @@ def calibrate(request: CalibrateRequest) -> dict:
     check_output_path(request.output_path, "head file")
     head, info, backbone = load_matching_head(request.head_path, request.model_path)
     structures = [a for path in request.data_paths for a in read_structures(path, request.keys)]
+    check_enough_frames(len(structures))
     predictions = predict_dataset(backbone, structures, request.cache_dir, "features")
     errors = structure_errors(predictions, structures, info.criterion, request.keys)
     is_reliable = label_reliable(errors, info.threshold)

@@ -91,3 +91,27 @@ def test_isotonic_blocks_of_one_class_are_smoothed_not_certain():
     p = 1 / (1 + np.exp(-np.array(fitted.knots_y)))
     np.testing.assert_allclose(p, [0.5 / 4, 0.5, 3.5 / 4])  # blocks: 3 unreliable, 1 + 1 mixed, 3 reliable
     assert np.all(np.diff(fitted.knots_y) > 0)
+
+
+def test_a_few_separated_frames_do_not_make_the_map_certain():
+    """20 frames the logit separates: the plain fit sends the temperature towards 0 (T = 0.03
+    here: every probability 0 or 1); the prior on the map keeps the frames nearest the
+    boundary uncertain."""
+    from probe_md.calibration import fit_logit_map
+
+    logits = np.r_[np.linspace(-3.0, -0.5, 10), np.linspace(0.5, 3.0, 10)]
+    labels = logits > 0
+    mapped = 1 / (1 + np.exp(-fit_logit_map("temperature", logits, labels).apply(logits)))
+    nearest = np.abs(logits) == 0.5
+    assert np.all((mapped[nearest] > 0.1) & (mapped[nearest] < 0.9)), mapped[nearest]
+    assert np.all(np.diff(mapped) > 0)  # still a ranking, no ties from saturation
+
+
+def test_recalibration_needs_enough_frames():
+    from probe_md.calibration import MIN_FRAMES_FOR_RECALIBRATION
+
+    n = MIN_FRAMES_FOR_RECALIBRATION - 1
+    logits = np.linspace(-2.0, 2.0, n)
+    with pytest.raises(ValueError, match=f"at least {MIN_FRAMES_FOR_RECALIBRATION} labelled frames, got {n}"):
+        choose_logit_map(logits, np.arange(n) % 2 == 0)
+    choose_logit_map(np.linspace(-2.0, 2.0, n + 1), np.arange(n + 1) % 2 == 0)  # enough: no error

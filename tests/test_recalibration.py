@@ -91,3 +91,27 @@ def test_retrain_recalibrates_its_refitted_head_on_the_held_out_new_frames(head_
     assert report["n_frames"] == 30 and "ece_after_out_of_fold" in report
     assert (tmp_path / "head_before_calibration.pt").read_bytes() == head_path.read_bytes()
     assert load_head(out_head)[1].metrics["recalibration"]["n_frames"] == 30
+
+
+def test_too_few_frames_are_refused_before_any_work(head_and_shifted_frames, tiny_mace_path, tmp_path, monkeypatch):
+    head_path, _ = head_and_shifted_frames
+    few = tmp_path / "few.extxyz"
+    ase.io.write(few, rattled_cu(8, seed=12, amplitude=(0.05, 0.35)))
+    monkeypatch.setattr("probe_md.recalibration.predict_dataset", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match="at least 20 labelled frames, got 8"):
+        calibrate(CalibrateRequest(head_path, [few], tmp_path / "h.pt", tiny_mace_path))
+    assert not (tmp_path / "h.pt").exists()
+
+
+def test_retrain_keeps_the_heads_calibration_when_too_few_frames_are_held_out(head_and_shifted_frames,
+                                                                              tiny_mace_path, tmp_path):
+    from probe_md.loop.retrain import recalibrate_on_holdout
+
+    head_path, _ = head_and_shifted_frames
+    (tmp_path / "data").mkdir()
+    ase.io.write(tmp_path / "data" / "new_holdout.extxyz", rattled_cu(8, seed=13, amplitude=(0.05, 0.35)))
+    out_head = tmp_path / "head.pt"
+    out_head.write_bytes(head_path.read_bytes())
+    report = recalibrate_on_holdout(tiny_mace_path, out_head, tmp_path)
+    assert report.startswith("skipped: recalibration needs at least 20 labelled frames, got 8")
+    assert out_head.read_bytes() == head_path.read_bytes()

@@ -212,7 +212,7 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
     assert report["notes"] == []
     assert (out / "head.pt").is_file() and (out / "head_before_calibration.pt").is_file()
     # one held-out frame cannot calibrate anything: said so, and the trained head is kept
-    assert report["head"]["recalibration"].startswith("skipped: recalibration needs at least 2 reliable")
+    assert report["head"]["recalibration"].startswith("skipped: recalibration needs at least 20 labelled frames")
     assert (out / "head.pt").read_bytes() == (out / "head_before_calibration.pt").read_bytes()
     assert json.loads((out / "retrain_report.json").read_text())["frames"]["new_train"] == 3
     assert report["files"]["fused"] == str(out / "fused.pt")  # head refitted + export on: always fused
