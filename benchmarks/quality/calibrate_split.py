@@ -7,7 +7,7 @@ drawn until ~100 frames are reached; the calibration (temperature + bias, isoton
 the other trajectories' frames. The "floor" is the median ECE those frames would show if the
 calibrated probabilities were exactly right (labels drawn from them): the noise of ECE itself.
 
-Usage: python benchmarks/quality/calibrate_split.py [--seeds 5] [--frames 100] [--out benchmarks/results]
+Usage: python benchmarks/quality/calibrate_split.py [--seeds 20] [--frames 100] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def ece_floor(p: np.ndarray, draws: int = 100) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)

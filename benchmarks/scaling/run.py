@@ -7,7 +7,8 @@ against the bare TorchScript MACE on the same structure.
 
 Cases: fcc Cu cells of N = 108 ... 32000 atoms x ranks x `exchange yes|no` x dtype, each
 run by lammps_case.py in its own process (`mpirun -np R` from this environment for R > 1),
-plus per N and dtype the bare MACE (bare_mace.py: energy + forces outside LAMMPS, 1 thread).
+plus per N and dtype the bare MACE (bare_mace.py: energy + forces outside LAMMPS, 1 thread or
+the GPU with --device cuda).
 Every process gets OMP_NUM_THREADS=1, so 1 rank = 1 core. The rounds interleave all cases
 of all sizes (in reverse order every other round), so load from elsewhere on the machine hits
 them alike; the median round counts. A case that fails is recorded with its error and the
@@ -348,7 +349,7 @@ def write_report(path: Path, report: dict) -> None:
 
 def series_label(kind: str, ranks: int, exchange: str, dtype: str) -> str:
     if kind == "bare":
-        return f"bare MACE {dtype} (1 thread)"
+        return f"bare MACE {dtype}"
     return f"{ranks} rank{'s' * (ranks > 1)}, exchange {exchange}, {dtype}"
 
 
