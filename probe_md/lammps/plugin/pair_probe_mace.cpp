@@ -1,4 +1,4 @@
-/* pair_style probe/mace <fused.pt> [device cpu|cuda] [exchange yes|no]
+/* pair_style probe/mace <fused.pt> [device cpu|cuda] [exchange yes|no] [timing yes|no]
    pair_coeff * * <element of type 1> <element of type 2> ...
 
    The fused file (written by `probe-md export`) holds a MACE model and a PROBE head. Ghosts
@@ -36,6 +36,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -133,15 +134,16 @@ void PairProbeMace::settings(int narg, char **arg)
                    impl->device.str(), at::get_num_threads());
 }
 
-/* Reads `<file> [device cpu|cuda] [exchange yes|no]`; returns the device name. */
+/* Reads `<file> [device cpu|cuda] [exchange yes|no] [timing yes|no]`; returns the device name. */
 std::string PairProbeMace::parse_settings(int narg, char **arg)
 {
   if (narg < 1 || narg % 2 != 1)
     error->all(FLERR, "Illegal pair_style probe/mace command: expected `pair_style probe/mace "
-               "<fused.pt> [device cpu|cuda] [exchange yes|no]`");
+               "<fused.pt> [device cpu|cuda] [exchange yes|no] [timing yes|no]`");
   model_file = arg[0];
   std::string device_name = "cpu";
   exchange_request = -1;
+  timer.enabled = false;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     if (strcmp(arg[iarg], "device") == 0) {
       device_name = arg[iarg + 1];
@@ -152,9 +154,11 @@ std::string PairProbeMace::parse_settings(int narg, char **arg)
         exchange_request = 0;
       else
         error->all(FLERR, "pair_style probe/mace exchange {}: use yes or no", arg[iarg + 1]);
+    } else if (strcmp(arg[iarg], "timing") == 0) {
+      timer.enabled = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
     } else {
-      error->all(FLERR, "Unknown pair_style probe/mace keyword {}: only `device` and "
-                 "`exchange` are known", arg[iarg]);
+      error->all(FLERR, "Unknown pair_style probe/mace keyword {}: only `device`, `exchange` "
+                 "and `timing` are known", arg[iarg]);
     }
   }
   return device_name;
@@ -306,6 +310,8 @@ void PairProbeMace::choose_threads_and_device(const std::string &device_name)
                  "device; use `device cpu`");
     const int ngpu = static_cast<int>(torch::cuda::device_count());
     impl->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(node_rank % ngpu));
+    const int64_t gpu = impl->device.index();
+    timer.synchronize = [gpu]() { torch::cuda::synchronize(gpu); };
   } else {
     error->all(FLERR, "pair_style probe/mace device {}: use cpu or cuda", device_name);
   }
@@ -407,6 +413,9 @@ void PairProbeMace::compute(int eflag, int vflag)
 
   const int nlocal = atom->nlocal;
   const bool scoring = is_scoring_step();
+  timer.enter(PhaseTimer::GRAPH);
+  timer.steps++;
+  timer.scored_steps += scoring;
   // Scoring steps keep this pair's own forces per atom row: the head reads their norm.
   if (scoring)
     mlip_forces.assign(3 * static_cast<size_t>(nlocal + atom->nghost), 0.0);
@@ -418,19 +427,25 @@ void PairProbeMace::compute(int eflag, int vflag)
       compute_staged(scoring);
     else if (nlocal > 0)
       compute_whole_graph(scoring);
-    if (scoring) head_terms_of_local_atoms(nlocal);    // collective, like the pooling below
+    if (scoring) {
+      timer.enter(PhaseTimer::HEAD);
+      head_terms_of_local_atoms(nlocal);    // collective, like the pooling below
+    }
   } catch (const std::exception &e) {
     std::string why = e.what();
     error->one(FLERR, "pair_style probe/mace: model evaluation failed: {}",
                why.substr(0, why.find('\n')));
   }
+  timer.enter(PhaseTimer::FORCES);
   if (nlocal > 0) tally_energies(scoring);
   // Ghost forces exist now, before reverse communication: the f.r sum is the full virial.
   if (vflag_fdotr) virial_fdotr_compute();
 
   // Every rank takes part in the reductions, also when it owns no atoms.
+  timer.enter(PhaseTimer::HEAD);
   if (scoring) pool_and_score(nlocal);
   impl->node_energy = impl->scores = impl->values = impl->node_feats = torch::Tensor();    // freed until next step
+  timer.enter(PhaseTimer::IDLE);
 }
 
 /* Local atoms' energies into eng_vdwl / eatom; the head's terms to the CPU when scoring. */
@@ -503,6 +518,7 @@ void PairProbeMace::compute_whole_graph(bool scoring)
     spec[k] = species_of_atom(i);
   }
   const torch::Device device = impl->device;
+  timer.enter(PhaseTimer::FORWARD);    // the whole graph's forward and backward are one call
   std::vector<torch::jit::IValue> inputs{positions.to(device), species.to(device),
                                          edge_tensor(senders, receivers).to(device),
                                          static_cast<int64_t>(atom->nlocal)};
@@ -517,6 +533,7 @@ void PairProbeMace::compute_whole_graph(bool scoring)
     impl->node_energy = out->elements()[0].toTensor();
     forces = out->elements()[1].toTensor();
   }
+  timer.enter(PhaseTimer::FORCES);
   forces = forces.to(torch::kCPU).contiguous();
   add_node_forces(forces.data_ptr<double>());
 }
@@ -590,9 +607,12 @@ void PairProbeMace::compute_staged(bool scoring)
   build_local_edges();
   StagedPass pass;
   staged_inputs(pass);
+  timer.enter(PhaseTimer::FORWARD);
   staged_forward(pass);
+  timer.enter(PhaseTimer::BACKWARD);
   staged_energy(pass);
   staged_backward(pass);
+  timer.enter(PhaseTimer::FORCES);
   staged_edge_forces(pass);
   if (scoring) {
     std::vector<torch::Tensor> detached;
@@ -800,6 +820,7 @@ void PairProbeMace::head_terms_of_local_atoms(int nlocal)
 
 void PairProbeMace::exchange_rows(double *rows, int width, bool forward)
 {
+  const PhaseTimer::Phase caller = timer.enter(PhaseTimer::EXCHANGE);
   comm_rows = rows;
   comm_width = width;
   if (forward)
@@ -807,6 +828,30 @@ void PairProbeMace::exchange_rows(double *rows, int width, bool forward)
   else
     comm->reverse_comm(this, comm_width);
   comm_rows = nullptr;
+  timer.enter(caller);
+}
+
+/* `timing yes`: each phase's wall time per step since the last report, slowest rank. graph:
+   edges, species, embedding; forward/backward: the layers (whole graph: both in forward);
+   exchange: LAMMPS communication of halo rows; forces: gradients to atom->f and energies;
+   head: the head's terms, pooling and readout (scored steps only). */
+void PairProbeMace::finish()
+{
+  if (!timer.enabled || timer.steps == 0) return;
+  std::array<double, PhaseTimer::NPHASES> slowest{};
+  MPI_Allreduce(timer.seconds.data(), slowest.data(), PhaseTimer::NPHASES, MPI_DOUBLE, MPI_MAX,
+                world);
+  if (comm->me == 0) {
+    std::string line = fmt::format("probe/mace timing: {} steps ({} scored), s/step on the slowest "
+                                   "rank:", timer.steps, timer.scored_steps);
+    double total = 0.0;
+    for (int p = 0; p < PhaseTimer::NPHASES; p++) {
+      line += fmt::format(" {} {:.4g}", PhaseTimer::name(p), slowest[p] / timer.steps);
+      total += slowest[p];
+    }
+    utils::logmesg(lmp, "{}; total {:.4g}\n", line, total / timer.steps);
+  }
+  timer.reset();
 }
 
 int PairProbeMace::pack_forward_comm(int n, int *list, double *buf, int, int *)

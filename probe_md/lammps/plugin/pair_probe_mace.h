@@ -5,6 +5,7 @@
 #define LMP_PAIR_PROBE_MACE_H
 
 #include "pair.h"
+#include "phase_timer.h"
 
 #include <cstdint>
 #include <memory>
@@ -24,6 +25,7 @@ class PairProbeMace : public Pair {
   double init_one(int, int) override;
   double memory_usage() override;
   void *extract(const char *, int &) override;
+  void finish() override;    // `timing yes`: the phases' wall time since the last report
 
   // Halo exchange of per-layer node features (forward) and of their gradients (reverse).
   int pack_forward_comm(int, int *, double *, int, int *) override;
@@ -65,6 +67,7 @@ class PairProbeMace : public Pair {
   std::vector<int64_t> senders, receivers;
   std::vector<double> edge_vectors;        // [nedges * 3], staged path
   std::vector<double> mlip_forces;         // [nall * 3] this pair's forces per row, scoring steps
+  PhaseTimer timer;                        // enabled by `timing yes`
 
   void allocate();
   std::string parse_settings(int narg, char **arg);
