@@ -58,7 +58,7 @@ ENERGY_TOL = FORCE_TOL = VIRIAL_TOL = RELIABILITY_TOL = 1e-10
 
 # Attributes of tests/test_mliap_unified.py's FakeMliapData that exist only to check results
 # in the tests (LAMMPS keeps them in C++: positions, ghost owners, the tallied virial).
-FAKE_ONLY = {"x", "owner", "virial", "eatoms_", "owner_forces", "fdotr_virial"}
+FAKE_ONLY = {"x", "owner", "virial", "eatoms_", "owner_forces", "fdotr_virial", "host_pairs"}
 
 # One script for both engines: argv[1] is a JSON job; rank 0 writes the JSON result.
 WORKER = textwrap.dedent('''
