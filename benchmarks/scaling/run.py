@@ -115,7 +115,7 @@ def case_command(case: Case, args: argparse.Namespace, plugin: Path, models: dic
                 str(models[case.dtype]), "--dtype", case.dtype, "--calls", str(args.steps)] + common
     worker = [sys.executable, str(HERE / "lammps_case.py"), "--plugin", str(plugin), "--model",
               str(models[case.dtype]), "--exchange", case.exchange, "--steps", str(args.steps),
-              "--every", str(args.every)] + common
+              "--every", str(args.every)] + (["--timing"] if args.timing else []) + common
     if case.ranks == 1:
         return worker
     return [str(mpirun_path()), "-np", str(case.ranks)] + worker
@@ -237,6 +237,9 @@ def summarise_case(case: Case, rounds: list[dict]) -> dict:
         "ghost_cutoff_a": good[0]["ghost_cutoff_a"],
         "plugin_setup_line": good[0]["plugin_setup_line"],
     })
+    timed = [r["phase_seconds_per_step"] for r in good if r.get("phase_seconds_per_step")]
+    if timed:  # --timing: median over rounds of each phase
+        summary["phase_seconds_per_step"] = {name: float(np.median([t[name] for t in timed])) for name in timed[0]}
     return summary
 
 
@@ -418,6 +421,12 @@ def markdown_tables(summaries: list[dict], derived: dict) -> str:
                      f"{number(s['ns_per_day'])} | {number(s['us_per_atom_step'])} | "
                      f"{number(s.get('ghost_cutoff_a'))} | {ghosts} | {rss} | "
                      f"{number(s.get('ratio_to_bare'))} |")
+    phased = [s for s in summaries if s.get("phase_seconds_per_step")]
+    if phased:
+        names = list(phased[0]["phase_seconds_per_step"])
+        lines += ["", "| N | case | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        lines += [f"| {s['atoms']} | {s['label'].split(' ', 1)[1]} | "
+                  + " | ".join(number(s["phase_seconds_per_step"][n], 4) for n in names) + " |" for s in phased]
     if derived["rank_speedup"]:
         lines += ["", "| N | exchange | dtype | ranks | speed-up vs 1 rank | efficiency |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['atoms']} | {r['exchange']} | {r['dtype']} | {r['ranks']} | {r['speedup']:.3f} | "
@@ -469,6 +478,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtypes", type=comma_list(str, set(DTYPES)), default=list(DTYPES))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where MACE runs: the pair style's `device` and the bare MACE's device")
+    parser.add_argument("--timing", action="store_true",
+                        help="pair style `timing yes`: each LAMMPS case also records its phases' s/step "
+                        "(waits for the GPU at phase changes, so the step times are a little longer)")
     parser.add_argument("--steps", type=int, default=20, help="most timed steps per case and round")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first (default: --every + 1, so that both the plain and the "
