@@ -413,7 +413,7 @@ void PairProbeMace::compute(int eflag, int vflag)
 
   const int nlocal = atom->nlocal;
   const bool scoring = is_scoring_step();
-  timer.enter(PhaseTimer::GRAPH);
+  timer.enter(PhaseTimer::NEIGHBORS);
   timer.steps++;
   timer.scored_steps += scoring;
   // Scoring steps keep this pair's own forces per atom row: the head reads their norm.
@@ -436,7 +436,7 @@ void PairProbeMace::compute(int eflag, int vflag)
     error->one(FLERR, "pair_style probe/mace: model evaluation failed: {}",
                why.substr(0, why.find('\n')));
   }
-  timer.enter(PhaseTimer::FORCES);
+  timer.enter(PhaseTimer::SCATTER);
   if (nlocal > 0) tally_energies(scoring);
   // Ghost forces exist now, before reverse communication: the f.r sum is the full virial.
   if (vflag_fdotr) virial_fdotr_compute();
@@ -533,7 +533,7 @@ void PairProbeMace::compute_whole_graph(bool scoring)
     impl->node_energy = out->elements()[0].toTensor();
     forces = out->elements()[1].toTensor();
   }
-  timer.enter(PhaseTimer::FORCES);
+  timer.enter(PhaseTimer::SCATTER);
   forces = forces.to(torch::kCPU).contiguous();
   add_node_forces(forces.data_ptr<double>());
 }
@@ -606,13 +606,14 @@ void PairProbeMace::compute_staged(bool scoring)
   }
   build_local_edges();
   StagedPass pass;
+  timer.enter(PhaseTimer::INPUTS);
   staged_inputs(pass);
   timer.enter(PhaseTimer::FORWARD);
   staged_forward(pass);
   timer.enter(PhaseTimer::BACKWARD);
   staged_energy(pass);
   staged_backward(pass);
-  timer.enter(PhaseTimer::FORCES);
+  timer.enter(PhaseTimer::EDGE_GRADS);
   staged_edge_forces(pass);
   if (scoring) {
     std::vector<torch::Tensor> detached;
@@ -779,6 +780,7 @@ void PairProbeMace::staged_edge_forces(StagedPass &pass)
   const torch::Tensor edge_grad = torch::autograd::grad(edge_outputs, {pass.vectors},
                                                         edge_grad_outputs, false, false, true)[0];
   if (!edge_grad.defined()) return;
+  timer.enter(PhaseTimer::SCATTER);
   const torch::Tensor g_cpu = edge_grad.to(torch::kCPU).contiguous();
   add_edge_forces(g_cpu.data_ptr<double>());
 }
@@ -831,9 +833,11 @@ void PairProbeMace::exchange_rows(double *rows, int width, bool forward)
   timer.enter(caller);
 }
 
-/* `timing yes`: each phase's wall time per step since the last report, slowest rank. graph:
-   edges, species, embedding; forward/backward: the layers (whole graph: both in forward);
-   exchange: LAMMPS communication of halo rows; forces: gradients to atom->f and energies;
+/* `timing yes`: each phase's wall time per step since the last report, slowest rank.
+   neighbors: the edge list from LAMMPS's neighbour list (host); inputs: edge and species
+   tensors to the device, edge features, embedding; forward/backward: the layers (whole graph:
+   both in forward); exchange: LAMMPS communication of halo rows; edge_grads: gradients through
+   the edge features; scatter: gradients and energies back to the host and into atom->f;
    head: the head's terms, pooling and readout (scored steps only). */
 void PairProbeMace::finish()
 {

@@ -13,7 +13,7 @@ namespace LAMMPS_NS {
 
 class PhaseTimer {
  public:
-  enum Phase { IDLE = -1, GRAPH, FORWARD, EXCHANGE, BACKWARD, FORCES, HEAD, NPHASES };
+  enum Phase { IDLE = -1, NEIGHBORS, INPUTS, FORWARD, EXCHANGE, BACKWARD, EDGE_GRADS, SCATTER, HEAD, NPHASES };
 
   bool enabled = false;
   std::function<void()> synchronize;
@@ -22,7 +22,8 @@ class PhaseTimer {
 
   static const char *name(int phase)
   {
-    static const char *names[NPHASES] = {"graph", "forward", "exchange", "backward", "forces", "head"};
+    static const char *names[NPHASES] = {"neighbors", "inputs", "forward", "exchange",
+                                         "backward", "edge_grads", "scatter", "head"};
     return names[phase];
   }
 
