@@ -80,15 +80,16 @@ def test_cli_calibrate_bad_input_is_one_line_before_any_work(head_and_shifted_fr
 
 def test_retrain_recalibrates_its_refitted_head_on_the_held_out_new_frames(head_and_shifted_frames, tiny_mace_path,
                                                                            tmp_path):
-    from probe_md.loop.retrain import recalibrate_on_holdout
+    from probe_md.loop.retrain import recalibrate_head
 
     head_path, shifted = head_and_shifted_frames
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "new_holdout.extxyz").write_bytes(shifted.read_bytes())
     out_head = tmp_path / "head.pt"
     out_head.write_bytes(head_path.read_bytes())
-    report = recalibrate_on_holdout(tiny_mace_path, out_head, tmp_path)
+    report = recalibrate_head(tiny_mace_path, out_head, tmp_path)
     assert report["n_frames"] == 30 and "ece_after_out_of_fold" in report
+    assert report["calibrated_on"] == "the held-out new frames"
     assert (tmp_path / "head_before_calibration.pt").read_bytes() == head_path.read_bytes()
     assert load_head(out_head)[1].metrics["recalibration"]["n_frames"] == 30
 
@@ -105,13 +106,35 @@ def test_too_few_frames_are_refused_before_any_work(head_and_shifted_frames, tin
 
 def test_retrain_keeps_the_heads_calibration_when_too_few_frames_are_held_out(head_and_shifted_frames,
                                                                               tiny_mace_path, tmp_path):
-    from probe_md.loop.retrain import recalibrate_on_holdout
+    from probe_md.loop.retrain import recalibrate_head
 
     head_path, _ = head_and_shifted_frames
     (tmp_path / "data").mkdir()
     ase.io.write(tmp_path / "data" / "new_holdout.extxyz", rattled_cu(8, seed=13, amplitude=(0.05, 0.35)))
     out_head = tmp_path / "head.pt"
     out_head.write_bytes(head_path.read_bytes())
-    report = recalibrate_on_holdout(tiny_mace_path, out_head, tmp_path)
+    report = recalibrate_head(tiny_mace_path, out_head, tmp_path)
     assert report.startswith("skipped: recalibration needs at least 20 labelled frames, got 8")
     assert out_head.read_bytes() == head_path.read_bytes()
+
+
+def test_retrain_recalibrates_on_the_calibration_data_instead_when_given(head_and_shifted_frames, tiny_mace_path,
+                                                                         tmp_path):
+    """Frames picked regardless of the monitor (e.g. every k-th of a run) replace the held-out
+    new frames, which the monitor picked; carved pieces among them are left out."""
+    from probe_md.loop.carve import ARRAY_CORE
+    from probe_md.loop.retrain import recalibrate_head
+
+    head_path, shifted = head_and_shifted_frames
+    (tmp_path / "data").mkdir()
+    ase.io.write(tmp_path / "data" / "new_holdout.extxyz", rattled_cu(8, seed=13, amplitude=(0.05, 0.35)))
+    carved = rattled_cu(3, seed=14)
+    for atoms in carved:
+        atoms.arrays[ARRAY_CORE] = np.ones(len(atoms), dtype=bool)
+    calibration = tmp_path / "every_kth.extxyz"
+    ase.io.write(calibration, ase.io.read(shifted, ":") + carved)
+    out_head = tmp_path / "head.pt"
+    out_head.write_bytes(head_path.read_bytes())
+    report = recalibrate_head(tiny_mace_path, out_head, tmp_path, [calibration])
+    assert report["calibrated_on"] == "the calibration data" and report["n_frames"] == 30
+    assert load_head(out_head)[1].metrics["recalibration"]["n_frames"] == 30

@@ -220,6 +220,31 @@ def test_tiny_retrain_end_to_end(tmp_path, tiny_pickled_model, cu_extxyz, founda
     assert "new (held out)" in format_report(report)
 
 
+def test_bad_calibration_data_is_refused_before_any_work(tmp_path, tiny_pickled_model, cu_extxyz, monkeypatch, capsys):
+    import probe_md.loop.retrain as retrain_module
+
+    monkeypatch.setattr(retrain_module, "trainable_foundation",
+                        lambda *a, **k: pytest.fail("work started before the calibration data was checked"))
+    new = write(tmp_path / "new.extxyz", rattled_cu(2, seed=1, size=1))
+    few = write(tmp_path / "few.extxyz", rattled_cu(8, seed=2, size=1))
+
+    def config(**fields):
+        return RetrainConfig(foundation_model=tiny_pickled_model, new_data=[new], out_dir=tmp_path / "r", **fields)
+
+    with pytest.raises(ValueError, match="calibration data recalibrates the refitted head: give head data too"):
+        retrain(config(calibration_data=[few]))
+    with pytest.raises(FileNotFoundError, match="calibration data .*missing.extxyz does not exist"):
+        retrain(config(head_data=[cu_extxyz], calibration_data=[tmp_path / "missing.extxyz"]))
+    with pytest.raises(ValueError, match="at least 20 labelled frames, got 8"):
+        retrain(config(head_data=[cu_extxyz], calibration_data=[few]))
+    from probe_md.cli.main import main
+
+    assert main(["retrain", "--new-data", str(new), "-o", str(tmp_path / "r"), "--foundation-model",
+                 str(tiny_pickled_model), "--head-data", str(cu_extxyz), "--calibration-data", str(few)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least 20 labelled frames, got 8" in err
+
+
 def test_unwritable_out_dir_is_refused_before_any_work(tmp_path, tiny_pickled_model, monkeypatch, capsys):
     import probe_md.loop.retrain as retrain_module
     from probe_md.cli.main import main

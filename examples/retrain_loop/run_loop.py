@@ -8,11 +8,14 @@
   3. label    `probe-md label --calculator cu-snap`: the SNAP reference the default was fitted to
   4. retrain  `probe-md retrain`: mace_run_train fine-tunes the previous model (round 1: the
               default's pickled model) on replayed old + new data, the PROBE head is refitted
-              with the same threshold, the fused model exported
+              with the same threshold and recalibrated (`--calibration-data`) on every
+              `--calibration-every`-th step of the same run, labelled, whether flagged or not
+              (frames it trains on left out), the fused model exported
   5. rerun    the same input with the retrained fused model: the exploration of the next round
 
-Files in --work: md0/ (the model in use), pool1.extxyz, labelled1.extxyz, round1/ (retrain),
-md1/ (rerun), pool2.extxyz, ...; with --verify, verify_md<N>/ and verify_labelled<N>.extxyz.
+Files in --work: md0/ (the model in use), pool1.extxyz, labelled1.extxyz, calibration_md0/ and
+calibration1.extxyz (the recalibration frames), round1/ (retrain), md1/ (rerun), pool2.extxyz,
+...; with --verify, verify_md<N>/ and verify_labelled<N>.extxyz.
 Everything it needs ships with probe-md (the default's MACE with its architecture config,
 its training/validation data and head pool). Usage, from the repository root:
 
@@ -132,7 +135,7 @@ def clear_stale_work(work: Path, settings: dict) -> None:
     if record.is_file() and json.loads(record.read_text()) == settings:
         return
     stale = sorted(p for pattern in ("md*", "pool*.extxyz", "labelled*", "replay*.extxyz", "round*", "verify*",
-                                     "cu_fused_round0.pt")
+                                     "calibration*", "cu_fused_round0.pt")
                    for p in work.glob(pattern))
     if stale:
         print(f"settings changed since the last loop in {work}: removing {', '.join(p.name for p in stale)}")
@@ -151,7 +154,38 @@ def md_run(work: Path, index: int, fused: Path, md_flags: list) -> Path:
     return run_dir
 
 
-def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
+def every_kth_frame(work: Path, run_index: int, fused: Path, md_flags: list, every: int) -> Path:
+    """The run md{run_index} again (the same trajectory), every `every`-th step dumped whether
+    PROBE flags it or not: threshold 0.9999 flags every check."""
+    run_dir = work / f"calibration_md{run_index}"
+    flags = [*md_flags[2:], "--every", every, "--threshold", 0.9999]
+    if not (run_dir / "summary.json").is_file():
+        probe_md("run", INPUT, "--var", f"model={fused}", "--out", run_dir, *flags)
+    return run_dir / "flagged.extxyz"
+
+
+def calibration_frames(work: Path, index: int, fused: Path, md_flags: list, every: int) -> Path | None:
+    """Round `index`'s recalibration frames: every `every`-th step of md{index-1}, less the steps
+    collected for training, labelled; None (with a note) below calibrate's minimum."""
+    import ase.io
+
+    from probe_md.calibration import MIN_FRAMES_FOR_RECALIBRATION
+    from probe_md.loop.collect import write_extxyz_atomic
+
+    collected = {int(a.info["step"]) for a in ase.io.read(work / f"pool{index}.extxyz", ":")}
+    frames = [a for a in ase.io.read(every_kth_frame(work, index - 1, fused, md_flags, every), ":")
+              if int(a.info["step"]) not in collected]
+    if len(frames) < MIN_FRAMES_FOR_RECALIBRATION:
+        print(f"\nround {index}: {len(frames)} calibration frames (< {MIN_FRAMES_FOR_RECALIBRATION}): "
+              "the head is recalibrated on the held-out new frames, if enough (lower --calibration-every)")
+        return None
+    unlabelled, labelled = work / f"calibration{index}_unlabelled.extxyz", work / f"calibration{index}.extxyz"
+    write_extxyz_atomic(unlabelled, frames)
+    probe_md("label", unlabelled, "-o", labelled, "--calculator", "cu-snap", "--no-progress")
+    return labelled
+
+
+def retrain_round(work: Path, index: int, args, weights: dict, fused: Path, md_flags: list) -> dict:
     """Collect the flagged frames of md{index-1}, label them, fine-tune the previous round's model."""
     from probe_md.loop.retrain import default_foundation_model
 
@@ -160,6 +194,8 @@ def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
     pool, labelled, out = work / f"pool{index}.extxyz", work / f"labelled{index}.extxyz", work / f"round{index}"
     probe_md("collect", work / f"md{index - 1}", "-o", pool, "--max", args.max_frames, "--no-progress")
     probe_md("label", pool, "-o", labelled, "--calculator", "cu-snap", "--no-progress")
+    calibration = (calibration_frames(work, index, fused, md_flags, args.calibration_every)
+                   if args.calibration_every else None)
     if (out / "retrain_report.json").is_file() and (out / "fused.pt").is_file():
         print(f"\nreusing the finished retrain {out}")
     else:
@@ -174,6 +210,7 @@ def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
             "--energy-weight", weights["energy"], "--forces-weight", weights["forces"],
             "--stress-weight", weights["stress"], "--new-frame-weight", args.new_frame_weight,
             "--new-valid-fraction", 0.15,
+            *(["--calibration-data", calibration] if calibration else []),
         )
     report = json.loads((out / "retrain_report.json").read_text())
     if not (out / "fused.pt").is_file():
@@ -202,6 +239,10 @@ def print_round(index: int, report: dict, before_md: dict, after_md: dict, args)
     print(f"{'':<46}{'before':>10}{'after':>10}")
     for label, before, after in rows:
         print(f"{label:<46}{_cell(before)}{_cell(after)}")
+    if report.get("head"):
+        from probe_md.loop.retrain import recalibration_line
+
+        print("refitted head," + recalibration_line(report["head"].get("recalibration"))[1:])
 
 
 def _cell(value) -> str:
@@ -259,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-frame-weight", type=float, default=5.0,
                         help="loss weight of a new frame relative to a replayed old one")
     parser.add_argument("--max-old", type=int, default=100, help="frames of the default's training set replayed")
+    parser.add_argument("--calibration-every", type=int, default=10,
+                        help="recalibrate each refitted head on every N-th step of the run it learns from, "
+                             "labelled (0: on the held-out flagged frames only; default %(default)s)")
     parser.add_argument("--verify", action="store_true",
                         help="afterwards, label frames of the last model's run with the reference and "
                              "compare every round's force error with PROBE's verdict (~3 min)")
@@ -284,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nmd{index - 1} flagged nothing: no round {index} (raise --t-stop or --steps to explore further)")
             break
         t = time.perf_counter()
-        report = retrain_round(work, index, args, weights)
+        fused = shipped_fused_model(work) if index == 1 else work / f"round{index - 1}" / "fused.pt"
+        report = retrain_round(work, index, args, weights, fused, md_flags)
         timings[f"round{index}_collect_label_retrain_s"] = time.perf_counter() - t
         t = time.perf_counter()
         runs.append(run_numbers(md_run(work, index, work / f"round{index}" / "fused.pt", md_flags),

@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the MLIP's validation data (also sets the head threshold: 2 x its RMS error)")
     parser.add_argument("--head-data", type=Path, nargs="*", default=None,
                         help="PROBE head training pool; without it the head is not refitted")
+    parser.add_argument("--calibration-data", type=Path, nargs="+", default=(),
+                        help="labelled frames of the regime the model will run in, picked regardless of the "
+                             "monitor (e.g. every k-th frame of a run, labelled with `probe-md label`): the "
+                             "refitted head is recalibrated on them (>= 20 frames) instead of on the held-out "
+                             "new frames, which the monitor picked")
     for option, (field_name, value_type, help_text) in TUNING_OPTIONS.items():
         parser.add_argument(option, type=value_type, default=getattr(RetrainConfig, field_name), help=help_text)
     parser.add_argument("--carved-energies", action="store_true",
@@ -115,6 +120,7 @@ def _retrain(args: argparse.Namespace) -> int:
         old_data=old_data or (),
         valid_data=valid_data,
         head_data=head_data or (),
+        calibration_data=args.calibration_data,
         before_model=before_model,
         before_head=before_head,
         export=not args.no_export,

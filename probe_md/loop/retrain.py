@@ -13,8 +13,9 @@ Outputs in `out_dir`:
   mace/                                        mace_run_train's work folder (logs, checkpoints)
   retrained.model                              pickled mace-torch model (the next --foundation-model)
   model.pt, model.pt.mace_config.json          TorchScript backbone (probe_md.backbone.mace format)
-  head.pt, fused.pt                            refitted PROBE head (recalibrated on the held-out new
-                                               frames: `probe-md calibrate`) and the fused LAMMPS model
+  head.pt, fused.pt                            refitted PROBE head (recalibrated with `probe-md calibrate`
+                                               on calibration_data, else on the held-out new frames)
+                                               and the fused LAMMPS model
   head_before_calibration.pt                   the refitted head before that recalibration
   retrain_report.json                          before/after errors and the file list
 
@@ -77,6 +78,10 @@ class RetrainConfig:
     old_data: Sequence[Path] = ()  # the MLIP's training data, replayed against forgetting
     valid_data: Path | None = None  # MLIP validation data (also sets the head's threshold)
     head_data: Sequence[Path] = ()  # PROBE head training pool; the new frames are added to it
+    # Labelled frames of the regime the model will run in, picked regardless of the monitor
+    # (e.g. every k-th frame of a run): the refitted head is recalibrated on them instead of on
+    # the held-out new frames, which were picked because the monitor flagged them.
+    calibration_data: Sequence[Path] = ()
     before_model: Path | None = None  # TorchScript of the model in use (default: the foundation)
     max_old_frames: int | None = None  # random subset of old_data, for speed
     # Defaults: the round the README reports working on the embedded Cu default ("Closing the
@@ -398,7 +403,23 @@ def check_inputs(config: RetrainConfig) -> tuple[Path, Path]:
         )
     if config.head_data:
         kept_criterion(config)  # a missing or corrupt before_head fails now, not after training
+    check_calibration_data(config)
     return out_dir, foundation
+
+
+def check_calibration_data(config: RetrainConfig) -> None:
+    """calibration_data needs a refitted head, existing files and enough whole frames."""
+    from probe_md.calibration import check_enough_frames
+
+    if not config.calibration_data:
+        return
+    if not config.head_data:
+        raise ValueError("calibration data recalibrates the refitted head: give head data too")
+    for path in config.calibration_data:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"calibration data {path} does not exist")
+    frames = [a for path in config.calibration_data for a in ase.io.read(path, index=":", format="extxyz")]
+    check_enough_frames(sum(ARRAY_CORE not in a.arrays for a in frames))
 
 
 @dataclass(frozen=True)
@@ -555,8 +576,8 @@ def head_pool_paths(config: RetrainConfig, out_dir: Path) -> list[Path]:
 
 def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Path, dict]:
     """Train a PROBE head for the new backbone on head_data + the new whole frames MACE trained
-    or validated on, then recalibrate it on the held-out new whole frames (the user's regime,
-    unseen by the head); returns the head file and its summary (threshold, criterion, counts)."""
+    or validated on, then recalibrate it on calibration_data or else the held-out new whole
+    frames (the user's regime, unseen by the head); returns the head file and its summary (threshold, criterion, counts)."""
     from probe_md.pipeline import TrainRequest, train_probe
     from probe_md.training import TrainingConfig
 
@@ -582,24 +603,32 @@ def refit_head(config: RetrainConfig, model_pt: Path, out_dir: Path) -> tuple[Pa
     summary = {"threshold": head_info.threshold, "criterion": head_info.criterion, **head_info.metrics}
     if config.before_head is not None and config.head_threshold is None:
         summary["threshold_rule"] = f"kept from the head in use, {config.before_head}"
-    summary["recalibration"] = recalibrate_on_holdout(model_pt, head_path, out_dir)
+    summary["recalibration"] = recalibrate_head(model_pt, head_path, out_dir, config.calibration_data)
     return head_path, summary
 
 
-def recalibrate_on_holdout(model_pt: Path, head_path: Path, out_dir: Path) -> dict | str:
-    """`probe-md calibrate` on the held-out new frames when both classes are there (>= 2 each);
-    the head as trained stays next to it as head_before_calibration.pt."""
+def recalibrate_head(model_pt: Path, head_path: Path, out_dir: Path, calibration_data: Sequence[Path] = ()) -> dict | str:
+    """`probe-md calibrate` on the calibration data's whole frames, else on the held-out new
+    ones, when both classes are there (>= 2 each); the head as trained stays next to it as
+    head_before_calibration.pt."""
     from probe_md.recalibration import CalibrateRequest, calibrate
 
-    holdout = whole_frames_file([out_dir / "data" / "new_holdout.extxyz"], out_dir / "data" / "head_holdout.extxyz")
-    if holdout is None:
-        return "skipped: no held-out new whole frames"
+    data = out_dir / "data"
+    if calibration_data:
+        frames = whole_frames_file([Path(p) for p in calibration_data], data / "head_calibration.extxyz")
+        source = "the calibration data"
+    else:
+        frames = whole_frames_file([data / "new_holdout.extxyz"], data / "head_holdout.extxyz")
+        source = "the held-out new frames"
+    if frames is None:
+        return f"skipped: no whole frames in {source}"
     trained = head_path.with_name("head_before_calibration.pt")
     shutil.copyfile(head_path, trained)
     try:  # calibrate writes head.pt atomically: a failure leaves the trained head in place
-        return calibrate(CalibrateRequest(trained, [holdout], head_path, model_pt, cache_dir=out_dir / "feature_cache"))
-    except ValueError as error:  # e.g. one class only among the held-out frames
-        return f"skipped: {error}"
+        fit = calibrate(CalibrateRequest(trained, [frames], head_path, model_pt, cache_dir=out_dir / "feature_cache"))
+        return {"calibrated_on": source, **fit}
+    except ValueError as error:  # e.g. one class only among the frames
+        return f"skipped: {error} ({source})"
 
 
 def retrain(config: RetrainConfig) -> dict:
@@ -680,8 +709,18 @@ def format_report(report: dict) -> str:
             f"PROBE head refitted: threshold {head['threshold']:.4g} eV/Å ({head['threshold_rule']}), "
             f"{head['reliable']} reliable / {head['unreliable']} unreliable training structures"
         )
+        lines.append(recalibration_line(head.get("recalibration")))
     for note in report["notes"]:
         lines.append(f"note: {note}")
     for name, path in report["files"].items():
         lines.append(f"  {name}: {path}")
     return "\n".join(lines)
+
+
+def recalibration_line(recalibration: dict | str | None) -> str:
+    """One line on the refitted head's recalibration (what, on how many frames, ECE)."""
+    if not isinstance(recalibration, dict):
+        return f"  recalibration {recalibration or 'not run'}"
+    return (f"  recalibrated on {recalibration.get('calibrated_on', 'held-out frames')} "
+            f"({recalibration['n_frames']} frames, {recalibration['chosen']}): ECE {recalibration['ece_before']:.3f} -> "
+            f"{recalibration['ece_after_out_of_fold']:.3f} out of fold")
