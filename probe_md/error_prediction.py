@@ -78,6 +78,17 @@ def conformal_offset(log_bounds: np.ndarray, target: np.ndarray, coverage: float
     return float(np.quantile(scores, level, method="higher"))
 
 
+def widened_log_bounds(raw_log_bounds: np.ndarray, offset: float, scale: np.ndarray) -> np.ndarray:
+    """[G, 3] log bounds widened by the conformal offset as ProbeHead.readout_log_error does:
+    each half-width (already times the width scale) grows by offset x scale, and a negative
+    offset narrows it to 0 at most (never past the median)."""
+    median = raw_log_bounds[:, 1]
+    scale = np.asarray(scale, float)
+    lower = np.maximum(median - raw_log_bounds[:, 0] + offset * scale, 0.0)
+    upper = np.maximum(raw_log_bounds[:, 2] - median + offset * scale, 0.0)
+    return np.stack([median - lower, median, median + upper], axis=1)
+
+
 def width_scale(head: ProbeHead, atom_counts: torch.Tensor) -> np.ndarray:
     """The per-structure factor on the interval's half-widths (see ProbeHead.width_scale)."""
     with torch.no_grad():

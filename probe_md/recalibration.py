@@ -34,6 +34,7 @@ from probe_md.error_prediction import (
     interval_coverage,
     log_errors,
     pooled_vectors,
+    widened_log_bounds,
     width_scale,
 )
 from probe_md.evaluation import load_matching_head
@@ -89,8 +90,7 @@ def out_of_fold_coverage(log_bounds: np.ndarray, target: np.ndarray, scale: np.n
     for fold in range(folds):
         held_out = fold_of == fold
         offset = conformal_offset(log_bounds[~held_out], target[~held_out], width_scale=scale[~held_out])
-        widening = offset * scale[held_out, None] * np.array([-1.0, 0.0, 1.0])
-        bounds = log_bounds[held_out] + widening
+        bounds = widened_log_bounds(log_bounds[held_out], offset, scale[held_out])
         covered[held_out] = (target[held_out] >= bounds[:, 0]) & (target[held_out] <= bounds[:, 2])
     return float(covered.mean())
 

@@ -12,6 +12,8 @@ from probe_md.error_prediction import (
     pinball_loss,
     pooled_vectors,
     predicted_errors,
+    widened_log_bounds,
+    width_scale,
 )
 from probe_md.head import NORMAL_Z90
 from probe_md.metrics import auroc, spearman
@@ -63,6 +65,26 @@ def test_conformal_offset_reaches_the_coverage_on_exchangeable_data():
     widened = too_narrow[2000:] + np.array([-offset, 0, offset])
     covered = np.mean((target[2000:] >= widened[:, 0]) & (target[2000:] <= widened[:, 2]))
     assert offset > 0 and abs(covered - 0.8) < 0.03
+
+
+@pytest.mark.parametrize("offset", [0.3, -0.05, -5.0])
+def test_widened_log_bounds_are_the_heads_own(fitted, offset):
+    """The numpy widening (out-of-fold coverage in `calibrate`) is the head's, including a
+    negative offset larger than a half-width: the bound stops at the median."""
+    head = fitted.head_
+    pooled = pooled_vectors(head, graded_set(20, seed=4)[0])
+    saved = head.error_interval_offset.clone()
+    try:
+        with torch.no_grad():
+            raw = head.readout_log_error(*pooled, widened=False).double().numpy()
+            head.error_interval_offset.fill_(offset)
+            expected = head.readout_log_error(*pooled).double().numpy()
+    finally:
+        head.error_interval_offset.copy_(saved)
+    widened = widened_log_bounds(raw, offset, width_scale(head, pooled.atom_counts))
+    np.testing.assert_allclose(widened, expected, atol=1e-5)
+    if offset < -1:
+        np.testing.assert_allclose(widened[:, 0], widened[:, 1])
 
 
 def test_pinball_loss_is_minimised_by_the_quantiles():
