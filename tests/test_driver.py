@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from probe_md.lammps.driver import Reading, RunOptions, run_lammps_input
-from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE
+from probe_md.lammps.monitor import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SAMPLED_FILE, SUMMARY_FILE
 from probe_md.lammps.runtime import import_lammps
 from stand_ins import ThermalStandIn, write_tiny_fused_model
 
@@ -297,20 +297,21 @@ def test_a_folder_holding_a_run_is_refused_and_a_failed_overwrite_keeps_it(heat_
 def test_last_trusted_restart_and_resume_continue_the_same_trajectory(heat_input, tmp_path):
     """Halted run -> resume from last_trusted.restart (threshold relaxed) == one uninterrupted
     run: every check once, the same logits (the stand-in's logit is the temperature, so it
-    follows the Nose-Hoover trajectory and its ramp), superseded checks kept aside."""
+    follows the Nose-Hoover trajectory and its ramp), superseded checks and frames kept aside;
+    every 100th step's frame sampled once, flagged or not."""
     variables = {"T0": 300, "NSTEPS": 1200}
     straight = run_stand_in(heat_input, tmp_path / "straight", threshold=0.01, on_drop="dump",
-                            variables=variables)
-    assert not straight["halted"]
+                            variables=variables, sample_every=100)
+    assert not straight["halted"] and straight["frames_sampled"] == 13
     out = tmp_path / "out"
-    halted = run_stand_in(heat_input, out, variables=variables)
+    halted = run_stand_in(heat_input, out, variables=variables, sample_every=100)
     assert halted["halted"]
     trusted_step = halted["last_trusted_step"]
     records = read_records(out)
     assert trusted_step == max(r["step"] for r in records if not r["flagged"])
     assert Path(halted["last_trusted_restart"]) == out / "last_trusted.restart"
     assert halted["temperature_k"] > 300 and halted["stopped_by"] == "reliability"
-    resumed = run_stand_in(heat_input, out, threshold=0.01, on_drop="dump", variables=variables,
+    resumed = run_stand_in(heat_input, out, threshold=0.01, on_drop="dump", variables=variables, sample_every=100,
                            options=RunOptions(folder_mode="resume", resume_from=out / "last_trusted.restart"))
     merged = read_records(out)
     expected = read_records(tmp_path / "straight")
@@ -322,6 +323,12 @@ def test_last_trusted_restart_and_resume_continue_the_same_trajectory(heat_input
     assert [f.info["step"] for f in frames] == [r["step"] for r in merged if r["dump"]]
     assert len(ase.io.read(out / "superseded.extxyz", index=":")) == len([s for s in superseded if s["dump"]])
     assert resumed["checks"] == len(merged) and resumed["final_step"] == 1200
+    sampled = ase.io.read(out / SAMPLED_FILE, index=":")
+    assert [f.info["step"] for f in sampled] == list(range(0, 1201, 100)) and all(len(f) == 108 for f in sampled)
+    assert resumed["frames_sampled"] == 13
+    aside = out / "superseded_sampled.extxyz"  # sampled steps the halted run passed after its trusted step
+    superseded_sampled = [f.info["step"] for f in ase.io.read(aside, index=":")] if aside.exists() else []
+    assert superseded_sampled == [step for step in range(0, halted["halt_step"] + 1, 100) if step > trusted_step]
     assert (out / "log.lammps").read_text().count("LAMMPS stopped") == 0
 
 

@@ -13,6 +13,7 @@ from probe_md.lammps.monitor import (
     FLAGGED_FILE,
     LOG_FILE,
     PLOT_FILE,
+    SAMPLED_FILE,
     SUMMARY_FILE,
     MonitorConfig,
     ReliabilityMonitor,
@@ -88,6 +89,30 @@ def test_flagged_frames_read_back_with_importances(tmp_path):
     np.testing.assert_allclose(atoms.arrays["importance"], expected["importances"], err_msg="importances lost")
     np.testing.assert_allclose(atoms.cell.array, expected["cell"])
     assert atoms.pbc.all()
+
+
+def test_sampled_frames_are_every_nth_step_flagged_or_not(tmp_path):
+    """sample_every=20: steps 0, 20, 40 go to sampled.extxyz whatever their verdict (0.99999 is
+    never flagged, 0.2 is); flagged.extxyz is unchanged by it."""
+    monitor = ReliabilityMonitor(MonitorConfig(every=10, threshold=0.5, patience=10, sample_every=20), tmp_path)
+    decisions = feed(monitor, [0.99999, 0.2, 0.3, 0.9, 0.99])
+    assert [d.sample for d in decisions] == [True, False, True, False, True]
+    sampled = ase.io.read(tmp_path / SAMPLED_FILE, index=":")
+    assert [a.info["step"] for a in sampled] == [0, 20, 40]
+    assert sampled[0].info["reliability"] == pytest.approx(0.99999)
+    np.testing.assert_allclose(sampled[1].arrays["importance"], frame(seed=2)["importances"])
+    assert [a.info["step"] for a in ase.io.read(tmp_path / FLAGGED_FILE, index=":")] == [10, 20]
+    summary = monitor.finish(print_summary=False)
+    assert summary["frames_sampled"] == 3 and summary["frames_written"] == 2
+    assert summary["files"]["sampled"] == str(tmp_path / SAMPLED_FILE)
+
+
+def test_sample_every_must_be_a_multiple_of_every():
+    with pytest.raises(ValueError, match=r"sample-every must be a positive multiple of every \(10\), got 15"):
+        MonitorConfig(every=10, sample_every=15)
+    with pytest.raises(ValueError, match="got 0"):
+        MonitorConfig(every=10, sample_every=0)
+    assert MonitorConfig(every=10).sample_every is None
 
 
 def test_file_holds_only_complete_frames_after_each_write(tmp_path):

@@ -9,18 +9,19 @@ import ase.io
 import pytest
 
 from probe_md.lammps.run_folder import (
-    FLAGGED_FILE, LOG_FILE, SUPERSEDED_FLAGGED, SUPERSEDED_LOG, RunFolder, extxyz_frames, read_check_records,
-    supersede_after,
+    FLAGGED_FILE, LOG_FILE, SAMPLED_FILE, SUPERSEDED_FLAGGED, SUPERSEDED_LOG, SUPERSEDED_SAMPLED, RunFolder,
+    extxyz_frames, read_check_records, supersede_after,
 )
 
 
-def write_run(folder, steps, flagged_steps):
+def write_run(folder, steps, flagged_steps, sampled_steps=()):
     folder.mkdir(exist_ok=True)
     (folder / LOG_FILE).write_text("".join(json.dumps({"step": s, "dump": s in flagged_steps}) + "\n" for s in steps))
-    for step in flagged_steps:
-        atoms = ase.Atoms("Cu2", positions=[[0, 0, 0], [1.8, 0, 0]], cell=[4, 4, 4], pbc=True)
-        atoms.info["step"] = step
-        ase.io.write(folder / FLAGGED_FILE, atoms, format="extxyz", append=True)
+    for name, frame_steps in ((FLAGGED_FILE, flagged_steps), (SAMPLED_FILE, sampled_steps)):
+        for step in frame_steps:
+            atoms = ase.Atoms("Cu2", positions=[[0, 0, 0], [1.8, 0, 0]], cell=[4, 4, 4], pbc=True)
+            atoms.info["step"] = step
+            ase.io.write(folder / name, atoms, format="extxyz", append=True)
 
 
 def test_fresh_refuses_an_earlier_run_and_overwrite_waits_for_take_over(tmp_path):
@@ -40,9 +41,11 @@ def test_fresh_refuses_an_earlier_run_and_overwrite_waits_for_take_over(tmp_path
 
 
 def test_resume_moves_later_checks_and_frames_aside(tmp_path):
-    write_run(tmp_path, [0, 10, 20, 30], [20, 30])
-    kept, frames = supersede_after(tmp_path, 10)
-    assert [r["step"] for r in kept] == [0, 10] and frames == 0
+    write_run(tmp_path, [0, 10, 20, 30], [20, 30], sampled_steps=[0, 20])
+    kept, frames, sampled = supersede_after(tmp_path, 10)
+    assert [r["step"] for r in kept] == [0, 10] and frames == 0 and sampled == 1
+    assert [a.info["step"] for a in ase.io.read(tmp_path / SAMPLED_FILE, index=":")] == [0]
+    assert [a.info["step"] for a in ase.io.read(tmp_path / SUPERSEDED_SAMPLED, index=":")] == [20]
     assert [r["step"] for r in read_check_records(tmp_path / LOG_FILE)] == [0, 10]
     assert [r["step"] for r in read_check_records(tmp_path / SUPERSEDED_LOG)] == [20, 30]
     assert [a.info["step"] for a in ase.io.read(tmp_path / SUPERSEDED_FLAGGED, index=":")] == [20, 30]

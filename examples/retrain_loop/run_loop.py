@@ -9,13 +9,15 @@
   4. retrain  `probe-md retrain`: mace_run_train fine-tunes the previous model (round 1: the
               default's pickled model) on replayed old + new data, the PROBE head is refitted
               with the same threshold and recalibrated (`--calibration-data`) on every
-              `--calibration-every`-th step of the same run, labelled, whether flagged or not
-              (frames it trains on left out), the fused model exported
+              `--calibration-every`-th step of the explored run (`probe-md run
+              --sample-every`), flagged or not, labelled (frames it trains on left out); the
+              fused model exported
   5. rerun    the same input with the retrained fused model: the exploration of the next round
 
-Files in --work: md0/ (the model in use), pool1.extxyz, labelled1.extxyz, calibration_md0/ and
-calibration1.extxyz (the recalibration frames), round1/ (retrain), md1/ (rerun), pool2.extxyz,
-...; with --verify, verify_md<N>/ and verify_labelled<N>.extxyz.
+Files in --work: md0/ (the model in use; sampled.extxyz: every --calibration-every-th step),
+pool1.extxyz, labelled1.extxyz, calibration1.extxyz (the recalibration frames), round1/
+(retrain), md1/ (rerun), pool2.extxyz, ...; with --verify, verify_md<N>/ and
+verify_labelled<N>.extxyz.
 Everything it needs ships with probe-md (the default's MACE with its architecture config,
 its training/validation data and head pool). Usage, from the repository root:
 
@@ -154,26 +156,17 @@ def md_run(work: Path, index: int, fused: Path, md_flags: list) -> Path:
     return run_dir
 
 
-def every_kth_frame(work: Path, run_index: int, fused: Path, md_flags: list, every: int) -> Path:
-    """The run md{run_index} again (the same trajectory), every `every`-th step dumped whether
-    PROBE flags it or not: threshold 0.9999 flags every check."""
-    run_dir = work / f"calibration_md{run_index}"
-    flags = [*md_flags[2:], "--every", every, "--threshold", 0.9999]
-    if not (run_dir / "summary.json").is_file():
-        probe_md("run", INPUT, "--var", f"model={fused}", "--out", run_dir, *flags)
-    return run_dir / "flagged.extxyz"
-
-
-def calibration_frames(work: Path, index: int, fused: Path, md_flags: list, every: int) -> Path | None:
-    """Round `index`'s recalibration frames: every `every`-th step of md{index-1}, less the steps
-    collected for training, labelled; None (with a note) below calibrate's minimum."""
+def calibration_frames(work: Path, index: int) -> Path | None:
+    """Round `index`'s recalibration frames: md{index-1}'s sampled frames (every
+    --calibration-every steps, flagged or not), less the steps collected for training, labelled;
+    None (with a note) below calibrate's minimum."""
     import ase.io
 
     from probe_md.calibration import MIN_FRAMES_FOR_RECALIBRATION
     from probe_md.loop.collect import write_extxyz_atomic
 
     collected = {int(a.info["step"]) for a in ase.io.read(work / f"pool{index}.extxyz", ":")}
-    frames = [a for a in ase.io.read(every_kth_frame(work, index - 1, fused, md_flags, every), ":")
+    frames = [a for a in ase.io.read(work / f"md{index - 1}" / "sampled.extxyz", ":")
               if int(a.info["step"]) not in collected]
     if len(frames) < MIN_FRAMES_FOR_RECALIBRATION:
         print(f"\nround {index}: {len(frames)} calibration frames (< {MIN_FRAMES_FOR_RECALIBRATION}): "
@@ -185,7 +178,7 @@ def calibration_frames(work: Path, index: int, fused: Path, md_flags: list, ever
     return labelled
 
 
-def retrain_round(work: Path, index: int, args, weights: dict, fused: Path, md_flags: list) -> dict:
+def retrain_round(work: Path, index: int, args, weights: dict) -> dict:
     """Collect the flagged frames of md{index-1}, label them, fine-tune the previous round's model."""
     from probe_md.loop.retrain import default_foundation_model
 
@@ -194,8 +187,7 @@ def retrain_round(work: Path, index: int, args, weights: dict, fused: Path, md_f
     pool, labelled, out = work / f"pool{index}.extxyz", work / f"labelled{index}.extxyz", work / f"round{index}"
     probe_md("collect", work / f"md{index - 1}", "-o", pool, "--max", args.max_frames, "--no-progress")
     probe_md("label", pool, "-o", labelled, "--calculator", "cu-snap", "--no-progress")
-    calibration = (calibration_frames(work, index, fused, md_flags, args.calibration_every)
-                   if args.calibration_every else None)
+    calibration = calibration_frames(work, index) if args.calibration_every else None
     if (out / "retrain_report.json").is_file() and (out / "fused.pt").is_file():
         print(f"\nreusing the finished retrain {out}")
     else:
@@ -261,10 +253,10 @@ def verify_last_run(work: Path, rounds: int, md_flags: list, every: int = 20) ->
     from probe_md.training import load_head
 
     run_dir = work / f"verify_md{rounds}"
-    flags = [*md_flags[2:], "--every", every, "--threshold", 0.9999]  # flag (and so dump) every check
+    flags = [*md_flags[2:], "--every", every, "--sample-every", every]  # md_flags[2:]: after --every
     if not (run_dir / "summary.json").is_file():
         probe_md("run", INPUT, "--var", f"model={work / f'round{rounds}' / 'fused.pt'}", "--out", run_dir, *flags)
-    probe_md("label", run_dir / "flagged.extxyz", "-o", work / f"verify_labelled{rounds}.extxyz",
+    probe_md("label", run_dir / "sampled.extxyz", "-o", work / f"verify_labelled{rounds}.extxyz",
              "--calculator", "cu-snap", "--no-progress")
     frames = ase.io.read(work / f"verify_labelled{rounds}.extxyz", ":")
     threshold = load_head(defaults.default_head_path())[1].threshold
@@ -301,8 +293,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="loss weight of a new frame relative to a replayed old one")
     parser.add_argument("--max-old", type=int, default=100, help="frames of the default's training set replayed")
     parser.add_argument("--calibration-every", type=int, default=10,
-                        help="recalibrate each refitted head on every N-th step of the run it learns from, "
-                             "labelled (0: on the held-out flagged frames only; default %(default)s)")
+                        help="recalibrate each refitted head on every N-th step (a multiple of --every) of the "
+                             "run it learns from, labelled (0: on the held-out flagged frames only; default "
+                             "%(default)s)")
     parser.add_argument("--verify", action="store_true",
                         help="afterwards, label frames of the last model's run with the reference and "
                              "compare every round's force error with PROBE's verdict (~3 min)")
@@ -316,11 +309,13 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     md_flags = ["--every", args.every, "--on-drop", "dump", "--quiet", "--var", f"nsteps={args.steps}",
                 "--var", f"t_start={args.t_start}", "--var", f"t_stop={args.t_stop}"]
+    # every --calibration-every steps the explore runs also write their frame, flagged or not
+    explore_flags = md_flags + (["--sample-every", args.calibration_every] if args.calibration_every else [])
     ramp = (args.t_start, args.t_stop)
     weights = default_loss_weights()
 
     t = time.perf_counter()
-    runs = [run_numbers(md_run(work, 0, shipped_fused_model(work), md_flags), args.patience, ramp, args.steps)]
+    runs = [run_numbers(md_run(work, 0, shipped_fused_model(work), explore_flags), args.patience, ramp, args.steps)]
     timings = {"md0_s": time.perf_counter() - t}
     rounds = []
     for index in range(1, args.rounds + 1):
@@ -328,11 +323,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nmd{index - 1} flagged nothing: no round {index} (raise --t-stop or --steps to explore further)")
             break
         t = time.perf_counter()
-        fused = shipped_fused_model(work) if index == 1 else work / f"round{index - 1}" / "fused.pt"
-        report = retrain_round(work, index, args, weights, fused, md_flags)
+        report = retrain_round(work, index, args, weights)
         timings[f"round{index}_collect_label_retrain_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        runs.append(run_numbers(md_run(work, index, work / f"round{index}" / "fused.pt", md_flags),
+        runs.append(run_numbers(md_run(work, index, work / f"round{index}" / "fused.pt", explore_flags),
                                 args.patience, ramp, args.steps))
         timings[f"md{index}_s"] = time.perf_counter() - t
         print_round(index, report, runs[-2], runs[-1], args)

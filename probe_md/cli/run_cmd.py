@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every-when-low", type=int, default=None, metavar="N",
                         help="score every N steps (a divisor of --every) while the reliability is below "
                              "--warn, until it recovers (default: always --every)")
+    parser.add_argument("--sample-every", type=int, default=None, metavar="N",
+                        help="also write the frame of every check at a multiple of N steps (a multiple of "
+                             "--every) to sampled.extxyz, flagged or not: an unbiased sample of the run to "
+                             "label for `retrain --calibration-data` or to verify on (default: off)")
     parser.add_argument("--warn", type=float, default=None,
                         help="reliability below which --every-when-low applies (default: --threshold)")
     parser.add_argument("--out", type=Path, default=Path("probe_run"),
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         every_when_low=args.every_when_low,
         warn=args.warn,
         options=run_options(args),
+        sample_every=args.sample_every,
     )
     return summary["exit_code"]
 

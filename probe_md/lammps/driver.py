@@ -204,11 +204,11 @@ class MonitoredRun:
         def prepare():
             self.folder.take_over()
             self.trusted.start()
-            return supersede_after(self.folder.path, restored) if restored is not None else ([], 0)
+            return supersede_after(self.folder.path, restored) if restored is not None else ([], 0, 0)
 
-        records, frames = on_root(self.comm, prepare)
+        records, frames, sampled = on_root(self.comm, prepare)
         if restored is not None:
-            self.monitor.restore(records, frames)
+            self.monitor.restore(records, frames, sampled)
             self.last_checked_step = restored  # its check is in the log already
             if self.resume.skipped:
                 self.say(f"PROBE: resuming at step {restored} from {self.resume.restart}; skipped "
@@ -258,10 +258,13 @@ class MonitoredRun:
         """Read, decide, dump, keep the interval; returns this rank's halt decision."""
         reading = self.source.read(self.lmp, self.comm)
         decision = self.monitor.check(step, reading.probability, reading.logit, reading.predicted_error)
-        if decision.dump:
+        if decision.dump or decision.sample:  # gathering is collective: every rank decides alike
             frame = gather_frame(self.lmp, self.comm, self.elements, nlocal, tags, x, reading.importances)
             if frame is not None:
-                self.monitor.write_frame(decision, **frame)
+                if decision.dump:
+                    self.monitor.write_frame(decision, **frame)
+                if decision.sample:
+                    self.monitor.write_frame(decision, **frame, sampled=True)
         if self.writer:
             self.trusted.record(step, passed=not decision.flagged)
         self.lmp.set_internal_variable(EVERY_VARIABLE, decision.next_every)
@@ -446,6 +449,7 @@ def run_lammps_input(
     every_when_low: int | None = None,
     warn: float | None = None,
     options: RunOptions = RunOptions(),
+    sample_every: int | None = None,
 ) -> dict:
     """Run a LAMMPS input with PROBE monitoring; returns the monitor's summary (on every rank),
     with `exit_code` 130/143 when Ctrl-C/SIGTERM stopped it.
@@ -454,11 +458,12 @@ def run_lammps_input(
     one); `elements` (optional) must agree with pair_coeff's type map; `preamble` are commands
     run before the input (`plugin load` is added when the input uses probe/mace styles that
     LAMMPS does not know yet). `options` choose fresh/overwrite/resume and last_trusted.restart.
+    `sample_every` also writes every check at a multiple of it to sampled.extxyz, flagged or not.
     """
     comm = resolve_comm(comm)
     try:
         config, commands, elements = _validated_inputs(
-            Path(input_path), every, threshold, patience, on_drop, every_when_low, warn, elements)
+            Path(input_path), every, threshold, patience, on_drop, every_when_low, warn, elements, sample_every)
         if source is None:
             source = find_reliability_compute(commands, config)
         if input_script.has_command(commands, "restart") and options.trusted_restarts:
@@ -484,11 +489,12 @@ def run_lammps_input(
         run.close()
 
 
-def _validated_inputs(input_path, every, threshold, patience, on_drop, every_when_low, warn, elements):
+def _validated_inputs(input_path, every, threshold, patience, on_drop, every_when_low, warn, elements,
+                      sample_every=None):
     if not input_path.is_file():
         raise FileNotFoundError(f"LAMMPS input {input_path} does not exist")
     config = MonitorConfig(every=every, threshold=threshold, patience=patience, actions=on_drop,
-                           every_when_low=every_when_low, warn=warn)
+                           every_when_low=every_when_low, warn=warn, sample_every=sample_every)
     commands = input_script.read_input_commands(input_path)
     if not input_script.has_command(commands, "run"):
         raise ValueError(f"LAMMPS input {input_path} has no `run` command: nothing to monitor")

@@ -9,6 +9,8 @@ checks), and writes:
   reliability.jsonl  one JSON object per check, appended and flushed line by line
   flagged.extxyz     flagged frames (species, positions, cell, pbc; info step/reliability/
                      logit; per-atom `importance`), appended whole and fsync'ed
+  sampled.extxyz     with `sample_every`: every N-th step's frame whether flagged or not, the
+                     same way (an unbiased sample of the run: to calibrate or verify on)
   reliability.png    reliability against step (written atomically at the end)
   summary.json       the summary dict (written atomically at the end)
 """
@@ -27,7 +29,7 @@ from typing import Final, Sequence
 import numpy as np
 
 from probe_md.io_utils import append_and_fsync, atomic_write_bytes
-from probe_md.lammps.run_folder import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE, RunFolder
+from probe_md.lammps.run_folder import FLAGGED_FILE, LOG_FILE, PLOT_FILE, SAMPLED_FILE, SUMMARY_FILE, RunFolder
 
 ACTIONS: Final[tuple[str, ...]] = ("dump", "halt")
 __all__ = ["FLAGGED_FILE", "LOG_FILE", "PLOT_FILE", "SUMMARY_FILE", "MonitorConfig", "ReliabilityMonitor"]
@@ -66,6 +68,9 @@ class MonitorConfig:
     # steps until the reliability recovers. None = always `every`.
     every_when_low: int | None = None
     warn: float | None = None
+    # Write the frame of every check at a multiple of this many steps to sampled.extxyz,
+    # flagged or not. None = off.
+    sample_every: int | None = None
 
     def __post_init__(self):
         if int(self.every) != self.every or self.every < 1:
@@ -79,6 +84,10 @@ class MonitorConfig:
             raise ValueError(f"every-when-low must be a positive divisor of every ({self.every}), got {low}")
         if self.warn is not None and not self.threshold <= self.warn < 1.0:
             raise ValueError(f"warn must be a probability in [threshold, 1), got {self.warn}")
+        sample = self.sample_every
+        if sample is not None and (int(sample) != sample or sample < 1 or sample % self.every):
+            # checks land on multiples of `every` (adaptive checking adds steps in between)
+            raise ValueError(f"sample-every must be a positive multiple of every ({self.every}), got {sample}")
         object.__setattr__(self, "actions", parse_actions(self.actions))
 
     @property
@@ -109,6 +118,7 @@ class Check:
     next_every: int  # steps to the next check (adaptive checking changes it)
     # (median, lower, upper) of the head's predicted error, criterion units; None: not predicted
     predicted_error: tuple[float, float, float] | None = None
+    sample: bool = False  # the frame goes to sampled.extxyz (a multiple of sample_every)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -178,6 +188,7 @@ class ReliabilityMonitor:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checks_: list[Check] = []
         self.frames_written_ = 0
+        self.frames_sampled_ = 0
         self.halted_at_: int | None = None
         self.extra_summary: dict = {}  # front ends add e.g. the restart file, steps/s
         self.every_now = config.every
@@ -190,10 +201,11 @@ class ReliabilityMonitor:
                 RunFolder(self.out_dir).check()
             self.log_path = self.out_dir / LOG_FILE
             self.flagged_path = self.out_dir / FLAGGED_FILE
+            self.sampled_path = self.out_dir / SAMPLED_FILE
             self.plot_path = self.out_dir / PLOT_FILE
             self.summary_path = self.out_dir / SUMMARY_FILE
 
-    def restore(self, records: list[dict], frames_written: int) -> None:
+    def restore(self, records: list[dict], frames_written: int, frames_sampled: int = 0) -> None:
         """Continue after the checks of an earlier run (a resume): counts, interval, patience."""
         for record in records:
             self.checks_.append(Check(**{**record, "probability": _nan_if_none(record["probability"]),
@@ -205,6 +217,7 @@ class ReliabilityMonitor:
         if self.checks_:
             self.every_now = self.config.interval_after(self.checks_[-1].probability)
         self.frames_written_ = frames_written
+        self.frames_sampled_ = frames_sampled
 
     def _write_record(self, decision: Check) -> None:
         if self._log is None:  # opened at the first check: an --overwrite run starts clean
@@ -242,6 +255,7 @@ class ReliabilityMonitor:
             halt=halt,
             next_every=self.config.interval_after(probability),
             predicted_error=_predicted_error(predicted_error),
+            sample=self.config.sample_every is not None and int(step) % self.config.sample_every == 0,
         )
         if halt:
             self.halted_at_ = decision.step
@@ -266,8 +280,10 @@ class ReliabilityMonitor:
         cell: np.ndarray,
         importances: np.ndarray,
         pbc: Sequence[bool] | bool = True,
+        sampled: bool = False,
     ) -> None:
-        """Append one complete frame to flagged.extxyz, flushed and fsync'ed.
+        """Append one complete frame to flagged.extxyz (sampled.extxyz when `sampled`), flushed
+        and fsync'ed.
 
         The frame is rendered in memory first and appended in one go (io_utils.append_and_fsync),
         so a crash leaves either the whole frame or none of it.
@@ -278,8 +294,12 @@ class ReliabilityMonitor:
             decision.step, decision.probability, decision.logit, species, positions, cell, pbc, importances,
             decision.predicted_error,
         ).encode("utf-8")
-        append_and_fsync(self.flagged_path, text)
-        self.frames_written_ += 1
+        if sampled:
+            append_and_fsync(self.sampled_path, text)
+            self.frames_sampled_ += 1
+        else:
+            append_and_fsync(self.flagged_path, text)
+            self.frames_written_ += 1
 
     def observe(
         self,
@@ -296,6 +316,8 @@ class ReliabilityMonitor:
         decision = self.check(step, probability, logit)
         if decision.dump:
             self.write_frame(decision, species, positions, cell, importances, pbc)
+        if decision.sample:
+            self.write_frame(decision, species, positions, cell, importances, pbc, sampled=True)
         return decision
 
     @property
@@ -317,6 +339,7 @@ class ReliabilityMonitor:
             "min_reliability": float(finite.min()) if finite.size else None,
             "final_reliability": float(probabilities[-1]) if probabilities.size else None,
             "frames_written": self.frames_written_,
+            "frames_sampled": self.frames_sampled_,
             "halted": self.halted,
             "halt_step": self.halted_at_,
         }
@@ -324,6 +347,7 @@ class ReliabilityMonitor:
             summary["files"] = {
                 "log": str(self.log_path),
                 "flagged": str(self.flagged_path) if self.frames_written_ else None,
+                "sampled": str(self.sampled_path) if self.frames_sampled_ else None,
                 "plot": str(self.plot_path) if self.checks_ else None,
                 "summary": str(self.summary_path),
             }
@@ -393,7 +417,8 @@ def format_summary(summary: dict) -> str:
         f"PROBE monitor: {summary['checks']} checks (steps {summary['first_step']}..{summary['last_step']}), "
         f"{summary['flagged_checks']} flagged" + (f" (first at step {first})" if first is not None else "")
         + f", min reliability {'n/a' if min_rel is None else f'{min_rel:.3g}'}",
-        f"  frames written: {summary['frames_written']}; "
+        f"  frames written: {summary['frames_written']}"
+        + (f" (+ {summary['frames_sampled']} sampled)" if summary.get("frames_sampled") else "") + "; "
         + (f"halted at step {summary['halt_step']}" if summary["halted"] else "ran to completion"),
     ]
     for key, label in SUMMARY_LINES:

@@ -20,6 +20,7 @@ from probe_md.io_utils import atomic_write_text
 
 LOG_FILE: Final[str] = "reliability.jsonl"
 FLAGGED_FILE: Final[str] = "flagged.extxyz"
+SAMPLED_FILE: Final[str] = "sampled.extxyz"  # every N-th step's frame, flagged or not (--sample-every)
 PLOT_FILE: Final[str] = "reliability.png"
 SUMMARY_FILE: Final[str] = "summary.json"
 HALT_RESTART: Final[str] = "halt.restart"
@@ -29,11 +30,12 @@ LAMMPS_LOG: Final[str] = "log.lammps"
 PENDING_LAMMPS_LOG: Final[str] = "log.lammps.pending"  # an --overwrite run's log until it starts
 SUPERSEDED_LOG: Final[str] = "superseded.jsonl"
 SUPERSEDED_FLAGGED: Final[str] = "superseded.extxyz"
+SUPERSEDED_SAMPLED: Final[str] = "superseded_sampled.extxyz"
 
 # Files that make a folder "hold an earlier run".
 RUN_FILES: Final[tuple[str, ...]] = (
     LOG_FILE, FLAGGED_FILE, PLOT_FILE, SUMMARY_FILE, HALT_RESTART, INTERRUPT_RESTART,
-    TRUSTED_RESTART, LAMMPS_LOG, SUPERSEDED_LOG, SUPERSEDED_FLAGGED,
+    TRUSTED_RESTART, LAMMPS_LOG, SUPERSEDED_LOG, SUPERSEDED_FLAGGED, SAMPLED_FILE, SUPERSEDED_SAMPLED,
 )
 MODES: Final[tuple[str, ...]] = ("fresh", "overwrite", "resume")
 
@@ -130,9 +132,9 @@ def frame_step(frame: str) -> int | None:
     return None
 
 
-def supersede_after(folder: Path, step: int) -> tuple[list[dict], int]:
-    """Resume at `step`: checks and flagged frames after it move to superseded.* (appended);
-    returns the kept check records and the number of kept frames. Rewrites are atomic."""
+def supersede_after(folder: Path, step: int) -> tuple[list[dict], int, int]:
+    """Resume at `step`: checks and frames after it move to superseded.* (appended); returns
+    the kept check records and the numbers of kept flagged and sampled frames. Rewrites are atomic."""
     records = read_check_records(folder / LOG_FILE)
     kept = [r for r in records if r["step"] <= step]
     later = [r for r in records if r["step"] > step]
@@ -140,16 +142,22 @@ def supersede_after(folder: Path, step: int) -> tuple[list[dict], int]:
         _append_text(folder / SUPERSEDED_LOG, "".join(json.dumps(r) + "\n" for r in later))
     if records:
         atomic_write_text(folder / LOG_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-    flagged = folder / FLAGGED_FILE
-    if not flagged.exists():
-        return kept, 0
-    frames = list(extxyz_frames(flagged.read_text(encoding="utf-8")))
+    flagged = _supersede_frames_after(folder / FLAGGED_FILE, folder / SUPERSEDED_FLAGGED, step)
+    sampled = _supersede_frames_after(folder / SAMPLED_FILE, folder / SUPERSEDED_SAMPLED, step)
+    return kept, flagged, sampled
+
+
+def _supersede_frames_after(frames_file: Path, superseded: Path, step: int) -> int:
+    """Move the frames of `frames_file` after `step` to `superseded`; returns how many stay."""
+    if not frames_file.exists():
+        return 0
+    frames = list(extxyz_frames(frames_file.read_text(encoding="utf-8")))
     kept_frames = [f for f in frames if (frame_step(f) or 0) <= step]
     later_frames = [f for f in frames if (frame_step(f) or 0) > step]
     if later_frames:
-        _append_text(folder / SUPERSEDED_FLAGGED, "".join(later_frames))
-    atomic_write_text(flagged, "".join(kept_frames))
-    return kept, len(kept_frames)
+        _append_text(superseded, "".join(later_frames))
+    atomic_write_text(frames_file, "".join(kept_frames))
+    return len(kept_frames)
 
 
 def _append_text(path: Path, text: str) -> None:
