@@ -295,6 +295,7 @@ def test_real_data_object_has_what_the_fake_offers(cu_data, mliap_runs):
 
 MD_STEPS = 12
 MD_EVERY = 2
+MD_SAMPLE_EVERY = 4  # sampled.extxyz: every other check, flagged or not
 # The same system and dynamics for both engines; PAIR is the only line that differs.
 MD_INPUT = """units metal
 atom_style atomic
@@ -328,7 +329,7 @@ DRIVER_WORKER = textwrap.dedent('''
     job = json.loads(open(sys.argv[1]).read())
     summary = run_lammps_input(job["input"], every=job["every"], threshold=job["threshold"],
                                patience=job["patience"], on_drop=job["on_drop"], out_dir=job["out_dir"],
-                               comm=None, screen=False, print_summary=False,
+                               sample_every=job["sample_every"], comm=None, screen=False, print_summary=False,
                                options=RunOptions(trusted_restarts=False))
     with open(job["result"], "w") as handle:
         json.dump(summary, handle)
@@ -368,7 +369,7 @@ def run_driver(folder: Path, tag: str, on_drop: str, threshold: float, patience:
         MD_INPUT.format(data=folder / "cu.data", pair=PLUGIN_PAIR.format(fused=folder / "fused.pt"))
         + f"run {MD_STEPS}\n")
     job = {"input": str(folder / f"{tag}.in"), "every": MD_EVERY, "threshold": threshold, "patience": patience,
-           "on_drop": on_drop, "out_dir": str(folder / tag), "result": str(folder / f"{tag}.json")}
+           "on_drop": on_drop, "sample_every": MD_SAMPLE_EVERY, "out_dir": str(folder / tag), "result": str(folder / f"{tag}.json")}
     (folder / f"{tag}_job.json").write_text(json.dumps(job))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(folder / "driver_worker.py"), str(folder / f"{tag}_job.json")],
@@ -377,7 +378,8 @@ def run_driver(folder: Path, tag: str, on_drop: str, threshold: float, patience:
     return json.loads(Path(job["result"]).read_text())
 
 
-def run_plain_lmp(folder: Path, tag: str, threshold: float, patience: int, nprocs: int) -> Path:
+def run_plain_lmp(folder: Path, tag: str, threshold: float, patience: int, nprocs: int,
+                  on_drop: str = "dump,halt") -> Path:
     """The input in the built `lmp` (no Python driver): pickled ProbeMliapUnified + fix python/invoke."""
     import sysconfig
 
@@ -386,7 +388,7 @@ def run_plain_lmp(folder: Path, tag: str, threshold: float, patience: int, nproc
     out_dir = folder / tag
     pickle_path = folder / f"{tag}.pkl"
     ProbeMliapUnified(folder / "fused.pt", every=MD_EVERY, threshold=threshold, patience=patience,
-                      on_drop="dump,halt", out_dir=out_dir).pickle(str(pickle_path))
+                      on_drop=on_drop, out_dir=out_dir, sample_every=MD_SAMPLE_EVERY).pickle(str(pickle_path))
     (folder / f"{tag}.in").write_text(
         MD_INPUT.format(data=folder / "cu.data", pair=MLIAP_PAIR.format(pickle=pickle_path))
         + MLIAP_MONITOR.format(every=MD_EVERY, steps=MD_STEPS, final=out_dir / "final_step.txt"))
@@ -409,11 +411,14 @@ def read_records(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / LOG_FILE).read_text().splitlines()]
 
 
+SCAN = "scan"  # the action-free reference run: every check at a multiple of MD_SAMPLE_EVERY sampled
+
+
 @pytest.fixture(scope="module")
 def monitored_reference(cu_data, reference):
     """The driver's run with a threshold and patience chosen from a first, action-free run so
     that checks pass and fail, frames are dumped and the run halts mid-way."""
-    scan = read_records(Path(run_driver(cu_data, "scan", "none", 0.5, 1)["files"]["log"]).parent)
+    scan = read_records(Path(run_driver(cu_data, SCAN, "none", 0.5, 1)["files"]["log"]).parent)
     chosen = choose_threshold([record["probability"] for record in scan])
     assert chosen is not None, f"no threshold gives a mid-run halt: {[r['probability'] for r in scan]}"
     threshold, patience = chosen
@@ -422,13 +427,28 @@ def monitored_reference(cu_data, reference):
     return threshold, patience, summary
 
 
+def assert_same_frames(ours_path: Path, theirs_path: Path) -> None:
+    """The same steps, species, cell, positions (by atom id) and importances in both files."""
+    import ase.io
+
+    our_frames, their_frames = ase.io.read(ours_path, index=":"), ase.io.read(theirs_path, index=":")
+    assert [f.info["step"] for f in our_frames] == [f.info["step"] for f in their_frames] != [], ours_path.name
+    for ours_frame, theirs_frame in zip(our_frames, their_frames):
+        where = f"{ours_path.name}, step {theirs_frame.info['step']}"
+        assert ours_frame.get_chemical_symbols() == theirs_frame.get_chemical_symbols()
+        np.testing.assert_allclose(ours_frame.cell[:], theirs_frame.cell[:], atol=1e-10, err_msg=f"cell, {where}")
+        np.testing.assert_allclose(ours_frame.positions, theirs_frame.positions, atol=1e-7,
+                                   err_msg=f"positions by atom id, {where}")
+        np.testing.assert_allclose(ours_frame.arrays["importance"], theirs_frame.arrays["importance"], atol=1e-7,
+                                   err_msg=f"per-atom importance, {where}")
+
+
 @pytest.mark.parametrize("nprocs", [1, 2])
 def test_python_invoke_dumps_and_halts_as_fix_external(cu_data, monitored_reference, nprocs):
     """Plain lmp + pair_style mliap unified + fix python/invoke writes the same checks, flagged
-    frames (positions, importances) and halts at the same step as the fix external driver."""
-    import ase.io
-
-    from probe_md.lammps.monitor import FLAGGED_FILE, SUMMARY_FILE
+    and sampled frames (positions, importances) and halts at the same step as the fix external
+    driver."""
+    from probe_md.lammps.monitor import FLAGGED_FILE, SAMPLED_FILE, SUMMARY_FILE
 
     if nprocs > 1 and not MPIRUN.exists():
         pytest.skip(f"the {nprocs}-rank run needs {MPIRUN} (the mpich wheel)")
@@ -442,20 +462,28 @@ def test_python_invoke_dumps_and_halts_as_fix_external(cu_data, monitored_refere
                                [[r["probability"], r["logit"]] for r in theirs], rtol=0, atol=RELIABILITY_TOL,
                                err_msg="reliability and logit at each check")
 
-    our_frames = ase.io.read(out_dir / FLAGGED_FILE, index=":")
-    their_frames = ase.io.read(cu_data / "external" / FLAGGED_FILE, index=":")
-    assert [f.info["step"] for f in our_frames] == [f.info["step"] for f in their_frames] != []
-    for ours_frame, theirs_frame in zip(our_frames, their_frames):
-        step = theirs_frame.info["step"]
-        assert ours_frame.get_chemical_symbols() == theirs_frame.get_chemical_symbols()
-        np.testing.assert_allclose(ours_frame.cell[:], theirs_frame.cell[:], atol=1e-10, err_msg=f"cell, step {step}")
-        np.testing.assert_allclose(ours_frame.positions, theirs_frame.positions, atol=1e-7,
-                                   err_msg=f"flagged frame positions by atom id, step {step}")
-        np.testing.assert_allclose(ours_frame.arrays["importance"], theirs_frame.arrays["importance"], atol=1e-7,
-                                   err_msg=f"per-atom importance, step {step}")
+    for name in (FLAGGED_FILE, SAMPLED_FILE):
+        assert_same_frames(out_dir / name, cu_data / "external" / name)
 
     summary = json.loads((out_dir / SUMMARY_FILE).read_text())
     assert summary["halted"] and summary["halt_step"] == expected["halt_step"]
     assert summary["frames_written"] == expected["frames_written"]
+    assert summary["frames_sampled"] == expected["frames_sampled"] > 0
     final_step = int(float((out_dir / "final_step.txt").read_text().split()[-1]))
     assert final_step == expected["final_step"] == expected["halt_step"] < MD_STEPS, "fix halt stopped elsewhere"
+
+
+def test_python_invoke_samples_every_m_steps_as_fix_external(cu_data, monitored_reference):
+    """Without actions nothing is dumped, yet every check at a multiple of sample_every is
+    written to sampled.extxyz, as the fix external driver's action-free scan run does."""
+    import ase.io
+
+    from probe_md.lammps.monitor import FLAGGED_FILE, SAMPLED_FILE
+
+    out_dir = run_plain_lmp(cu_data, "invoke_sampled", 0.5, 1, 1, on_drop="none")
+    reference = cu_data / SCAN
+    assert [r["step"] for r in read_records(out_dir)] == [r["step"] for r in read_records(reference)]
+    assert not (out_dir / FLAGGED_FILE).exists() and not (reference / FLAGGED_FILE).exists()
+    assert_same_frames(out_dir / SAMPLED_FILE, reference / SAMPLED_FILE)
+    steps = [frame.info["step"] for frame in ase.io.read(out_dir / SAMPLED_FILE, index=":")]
+    assert steps == list(range(0, MD_STEPS + 1, MD_SAMPLE_EVERY))

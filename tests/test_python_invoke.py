@@ -79,3 +79,58 @@ def test_unpickled_instances_are_found(fused, tmp_path):
 
     clone = pickle.loads(pickle.dumps(flagged_unified(fused[2], tmp_path)))
     assert clone in python_invoke.LIVE_INSTANCES
+
+
+class SteppingHandle(FakeHandle):
+    """A handle whose timestep the test advances."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+
+    def extract_global(self, name):
+        assert name == "ntimestep"
+        return self.step
+
+
+def test_sample_every_writes_every_sampled_check_flagged_or_not(fused, tmp_path, monkeypatch):
+    """Steps 0..8, checks every 2, sampled every 4: sampled.extxyz holds steps 0, 4, 8 and
+    flagged.extxyz only the flagged checks (threshold 0.99: every check; 1e-9: none), each gathered once."""
+    import ase.io
+    import numpy as np
+
+    from probe_md.lammps import frames
+    from probe_md.lammps.monitor import FLAGGED_FILE, SAMPLED_FILE
+
+    atoms = cu_cell(seed=2)
+    gathered = []
+
+    def fake_gather(lmp, comm, elements, nlocal, tags, x, importances):
+        gathered.append(lmp.step)
+        return {"species": atoms.get_chemical_symbols(), "positions": atoms.positions, "cell": atoms.cell[:],
+                "importances": np.asarray(importances)[:nlocal], "pbc": [True] * 3}
+
+    monkeypatch.setattr(frames, "gather_frame", fake_gather)
+    handle = SteppingHandle()
+    handle.numpy = type("NumpyView", (), {"extract_atom": staticmethod(lambda name: np.zeros((len(atoms), 3)))})()
+    for threshold, folder in ((1e-9, "quiet"), (0.99, "flagging")):
+        gathered.clear()
+        unified = ProbeMliapUnified(fused[2], every=2, threshold=threshold, patience=100, on_drop="dump",
+                                    out_dir=tmp_path / folder, comm=None, sample_every=4).attach(handle)
+        for step in range(9):
+            handle.step = step
+            unified.compute_forces(FakeMliapData(atoms, unified.element_types, cutoff=2 * unified.rcutfac))
+        summary = unified.finish(print_summary=False)
+        sampled = ase.io.read(tmp_path / folder / SAMPLED_FILE, index=":")
+        assert [frame.info["step"] for frame in sampled] == [0, 4, 8]
+        assert all(len(frame) == len(atoms) for frame in sampled)
+        assert summary["frames_sampled"] == 3
+        flagged_file = tmp_path / folder / FLAGGED_FILE
+        flagged_steps = [f.info["step"] for f in ase.io.read(flagged_file, index=":")] if flagged_file.exists() else []
+        assert flagged_steps == ([] if threshold < 0.5 else [0, 2, 4, 6, 8])
+        assert gathered == ([0, 4, 8] if threshold < 0.5 else [0, 2, 4, 6, 8])  # once per step
+
+
+def test_sample_every_must_be_a_multiple_of_every(fused, tmp_path):
+    with pytest.raises(ValueError, match="sample-every must be a positive multiple of every"):
+        ProbeMliapUnified(fused[2], every=2, sample_every=3, out_dir=tmp_path, comm=None)

@@ -199,6 +199,9 @@ class ProbeMliapUnified(MLIAPUnified):
     fused file with stages; refused otherwise). False always rebuilds the whole graph (pairs
     out to num_layers * r_max). None (default) asks for num_layers * r_max, which is right for
     both paths, and exchanges when it can: fewer computed atoms, not fewer ghosts.
+
+    sample_every: as `probe-md run --sample-every`, the frame of every check at a multiple of
+    it goes to sampled.extxyz, flagged or not (needs a lammps handle, like flagged frames).
     """
 
     def __init__(
@@ -211,6 +214,7 @@ class ProbeMliapUnified(MLIAPUnified):
         out_dir: str | os.PathLike | None = "probe_mliap",
         comm="auto",
         exchange: bool | None = None,
+        sample_every: int | None = None,
     ):
         from probe_md.lammps.export import read_fused_metadata
 
@@ -237,7 +241,8 @@ class ProbeMliapUnified(MLIAPUnified):
             nparams=1,
             rcutfac=0.5 * reach,
         )
-        self.config = MonitorConfig(every=every, threshold=threshold, patience=patience, actions=on_drop)
+        self.config = MonitorConfig(every=every, threshold=threshold, patience=patience, actions=on_drop,
+                                    sample_every=sample_every)
         self.out_dir = None if out_dir is None else str(out_dir)
         if out_dir is not None:  # refuse a folder holding an earlier run now, not mid-run
             RunFolder(Path(out_dir)).check()
@@ -502,28 +507,33 @@ class ProbeMliapUnified(MLIAPUnified):
         return median, lower, upper
 
     def _act(self, decision, n_local: int, importances: np.ndarray, halt: bool) -> None:
-        if decision.dump:
-            self._dump(decision, n_local, importances)
+        if decision.dump or decision.sample:
+            self._write_frames(decision, n_local, importances)
         if halt:
             self.lmp_.set_internal_variable(STOP_VARIABLE, 1)
 
     def _warn_unattached(self) -> None:
         pending = self.pending_
-        if pending.decision.dump or pending.halt:
+        if pending.decision.dump or pending.decision.sample or pending.halt:
             self._warn_once("unattached", "flagged frames and halting need a lammps handle: attach(lmp) from "
                                           "Python, or `fix ID all python/invoke N post_force probe_mliap_check` "
                                           "(probe_md.lammps.python_invoke) in the input; only the log is written")
 
-    def _dump(self, decision, n_local: int, importances: np.ndarray) -> None:
-        """Gather the flagged frame to rank 0 and append it (collective)."""
+    def _write_frames(self, decision, n_local: int, importances: np.ndarray) -> None:
+        """Gather the frame to rank 0 once and append it to flagged.extxyz and/or
+        sampled.extxyz, as the check decided (collective)."""
         from probe_md.lammps.frames import gather_frame
 
         lmp = self.lmp_
         tags = lmp.numpy.extract_atom("id")
         x = lmp.numpy.extract_atom("x")
         frame = gather_frame(lmp, self.comm_, self.element_types, n_local, tags, x, importances)
-        if frame is not None:
+        if frame is None:
+            return
+        if decision.dump:
             self.monitor_.write_frame(decision, **frame)
+        if decision.sample:
+            self.monitor_.write_frame(decision, **frame, sampled=True)
 
     def finish(self, print_summary: bool = True) -> dict | None:
         """Write the plot and summary (call after the run)."""
