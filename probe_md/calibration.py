@@ -8,6 +8,7 @@ its logits by the log prior ratio; temperature alone cannot undo a shift.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -122,32 +123,54 @@ def binary_nll(logits: np.ndarray, is_reliable: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, -signed)))
 
 
-def out_of_fold_logits(kind: str, logits: np.ndarray, is_reliable: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
-    """Each frame's logit mapped by a map fitted on the other folds (stratified by class)."""
+def stratified_folds(is_reliable: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index [G] of each frame, each class spread evenly over the folds."""
     rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(logits), dtype=int)
+    fold_of = np.empty(len(is_reliable), dtype=int)
     for label in (True, False):
         members = rng.permutation(np.flatnonzero(is_reliable == label))
         fold_of[members] = np.arange(len(members)) % folds
-    mapped = np.empty(len(logits))
-    for fold in range(folds):
+    return fold_of
+
+
+# A calibration candidate that is not a map of the base logit (e.g. error_recalibration's):
+# given the rows it may fit on, returns the function from rows to their calibrated logits.
+RowFitter = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+
+def out_of_fold_rows(fitter: RowFitter, fold_of: np.ndarray) -> np.ndarray:
+    """Each frame's logit from `fitter` fitted on the other folds."""
+    mapped = np.empty(len(fold_of))
+    for fold in np.unique(fold_of):
         held_out = fold_of == fold
-        fitted = fit_logit_map(kind, logits[~held_out], is_reliable[~held_out])
-        mapped[held_out] = fitted.apply(logits[held_out])
+        mapped[held_out] = fitter(np.flatnonzero(~held_out))(np.flatnonzero(held_out))
     return mapped
+
+
+def out_of_fold_logits(kind: str, logits: np.ndarray, is_reliable: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Each frame's logit mapped by a map fitted on the other folds (stratified by class)."""
+    def fitter(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        fitted = fit_logit_map(kind, logits[rows], is_reliable[rows])
+        return lambda held_out: fitted.apply(logits[held_out])
+
+    return out_of_fold_rows(fitter, stratified_folds(is_reliable, folds, seed))
 
 
 @dataclass(frozen=True)
 class CalibrationChoice:
-    """The map fitted on all frames, how each kind did out of sample, and its out-of-fold logits."""
+    """The winner fitted on all frames, how each kind did out of sample, and its out-of-fold logits."""
 
-    chosen: LogitMap
+    kind: str
+    chosen: LogitMap | None  # the map of the base logit; None when an extra candidate won (its owner fits it)
     held_out_nll: dict[str, float]
     out_of_fold_logits: np.ndarray  # of the chosen kind: each frame mapped without seeing it
 
 
-def choose_logit_map(logits: np.ndarray, is_reliable: np.ndarray, folds: int = CALIBRATION_FOLDS) -> CalibrationChoice:
-    """Temperature + bias, or isotonic when there are enough frames: the lower held-out NLL."""
+def choose_logit_map(logits: np.ndarray, is_reliable: np.ndarray, folds: int = CALIBRATION_FOLDS,
+                     extra: Mapping[str, RowFitter] | None = None, preferred: str | None = None) -> CalibrationChoice:
+    """Temperature + bias, isotonic when there are enough frames, and any `extra` candidates,
+    every one scored on the same folds: the lowest held-out NLL, or `preferred` (an extra
+    candidate its owner has measured to be the better choice; still scored and reported)."""
     logits, is_reliable = np.asarray(logits, float), np.asarray(is_reliable, bool)
     folds = min(folds, int(is_reliable.sum()), int((~is_reliable).sum()))
     if folds < 2:
@@ -155,6 +178,9 @@ def choose_logit_map(logits: np.ndarray, is_reliable: np.ndarray, folds: int = C
     check_enough_frames(len(logits))
     kinds = ["temperature"] + (["isotonic"] if len(logits) >= MIN_FRAMES_FOR_ISOTONIC else [])
     out_of_fold = {kind: out_of_fold_logits(kind, logits, is_reliable, folds) for kind in kinds}
+    fold_of = stratified_folds(is_reliable, folds)
+    out_of_fold.update({kind: out_of_fold_rows(fitter, fold_of) for kind, fitter in (extra or {}).items()})
     nll = {kind: binary_nll(mapped, is_reliable) for kind, mapped in out_of_fold.items()}
-    best = min(nll, key=nll.get)
-    return CalibrationChoice(fit_logit_map(best, logits, is_reliable), nll, out_of_fold[best])
+    best = preferred if preferred is not None else min(nll, key=nll.get)
+    chosen = fit_logit_map(best, logits, is_reliable) if best in kinds else None
+    return CalibrationChoice(best, chosen, nll, out_of_fold[best])

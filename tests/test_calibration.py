@@ -115,3 +115,23 @@ def test_recalibration_needs_enough_frames():
     with pytest.raises(ValueError, match=f"at least {MIN_FRAMES_FOR_RECALIBRATION} labelled frames, got {n}"):
         choose_logit_map(logits, np.arange(n) % 2 == 0)
     choose_logit_map(np.linspace(-2.0, 2.0, n + 1), np.arange(n + 1) % 2 == 0)  # enough: no error
+
+
+def test_an_extra_candidate_competes_on_the_same_folds_and_can_win():
+    """A candidate that is not a map of the base logit (here: the true logits, whatever it is
+    fitted on) is scored out of fold like the others; when it wins, `chosen` is left to its owner."""
+    rng = np.random.default_rng(9)
+    truth = rng.normal(0, 2, 300)
+    labels = labels_from(truth, 10)
+    fitted_on = []
+
+    def oracle(rows):
+        fitted_on.append(len(rows))
+        return lambda held_out: truth[held_out]
+
+    noisy = truth + rng.normal(0, 3, 300)  # a base logit that knows less than the oracle
+    choice = choose_logit_map(noisy, labels, folds=5, extra={"oracle": oracle})
+    assert choice.kind == "oracle" and choice.chosen is None
+    assert set(choice.held_out_nll) == {"temperature", "isotonic", "oracle"}
+    np.testing.assert_allclose(choice.out_of_fold_logits, truth)
+    assert len(fitted_on) == 5 and sum(fitted_on) == 4 * 300  # each fold fitted on the other four

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import rattled_cu
-from probe_md.calibration import choose_logit_map
 from probe_md.cli.main import main
 from probe_md.error_prediction import pooled_vectors
+from probe_md.error_recalibration import error_terms, fit_error_shift
 from probe_md.features import head_inputs, predict_dataset
 from probe_md.backbone import load_backbone
 from probe_md.pipeline import TrainRequest, train_probe
-from probe_md.recalibration import CalibrateRequest, base_logits, calibrate
-from probe_md.reliability_labels import label_reliable, structure_errors
+from probe_md.recalibration import CalibrateRequest, calibrate
+from probe_md.reliability_labels import structure_errors
 from probe_md.structures import read_structures
 from probe_md.training import TrainingConfig, load_head
 
@@ -35,7 +35,7 @@ def test_calibrate_refits_the_map_and_reports_held_out_ece(head_and_shifted_fram
     head_path, shifted = head_and_shifted_frames
     out = tmp_path / "recalibrated.pt"
     report = calibrate(CalibrateRequest(head_path, [shifted], out, tiny_mace_path, folds=3))
-    assert report["n_frames"] == 30 and report["chosen"] == "temperature"  # < 40 frames: no isotonic
+    assert report["n_frames"] == 30 and set(report["held_out_nll"]) == {"temperature", "error"}  # < 40: no isotonic
     assert 0 <= report["ece_after_out_of_fold"] <= 1 and 0 <= report["ece_before"] <= 1
     assert "interval_coverage_after_out_of_fold" in report  # train_probe fitted a predicted error
 
@@ -44,12 +44,13 @@ def test_calibrate_refits_the_map_and_reports_held_out_ece(head_and_shifted_fram
     new_head, new_info = load_head(out)
     structures = read_structures(shifted)
     predictions = predict_dataset(load_backbone(tiny_mace_path), structures, None, "features")
-    is_reliable = label_reliable(structure_errors(predictions, structures, info.criterion), info.threshold)
     pooled = pooled_vectors(head, head_inputs(predictions, head.reads_force_norm))
-    expected = choose_logit_map(base_logits(head, pooled), is_reliable, folds=3).chosen.apply(base_logits(head, pooled))
+    errors = structure_errors(predictions, structures, info.criterion)
+    terms = error_terms(head, pooled, errors, info.threshold)  # the head reads its error: that map, outright
+    expected = fit_error_shift(terms, np.arange(len(errors))).logits(terms, np.arange(len(errors)))
     with torch.no_grad():
         np.testing.assert_allclose(new_head.readout_logit(*pooled).numpy(), expected, atol=1e-5)
-    assert new_info.metrics["recalibration"]["chosen"] == "temperature"
+    assert new_info.metrics["recalibration"]["chosen"] == report["chosen"] == "error"
     assert new_info.threshold == info.threshold  # what "reliable" means does not change
 
 
