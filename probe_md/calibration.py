@@ -1,5 +1,6 @@
 """Post-hoc calibration of the head's logit: temperature scaling with a bias term, and
-recalibration on a user's own frames (temperature + bias or isotonic, chosen by held-out NLL).
+recalibration on a user's own frames (temperature + bias or isotonic, chosen by held-out NLL,
+next to any candidate the caller adds, e.g. probe_md.error_recalibration's).
 
 The bias is needed because the head is trained with a class-balanced loss, which shifts
 its logits by the log prior ratio; temperature alone cannot undo a shift.
