@@ -197,7 +197,9 @@ def _criterion_section(reports: list[dict], criterion: str, split: str) -> list[
             lines.append(f"{prefix}| {m['name']} | {m['auroc']:.3f} | {m['auprc']:.3f} "
                          f"| {m['aurc']:.3f} | {m['spearman_score_vs_error']:.3f} |")
     reading = [r["backbone"] for r in reports if r.get("head_reads_force_norm")]
-    if reading:
+    if reading and len(reading) == len(reports):
+        lines += ["", "Every PROBE head here also reads the MLIP's per-atom force norm."]
+    elif reading:
         lines += ["", f"PROBE heads that also read the MLIP's per-atom force norm: {', '.join(reading)}; "
                   "the other rows are heads on the backbone's features alone (measured before it)."]
     lines += [
@@ -264,8 +266,7 @@ def write_markdown(out_dir: Path) -> Path:
         f"{small.max_num_epochs} epochs; large = {large.hidden_irreps}, r_max {large.r_max} Å, "
         f"only {large.max_num_epochs} epochs (CPU budget), so the larger model is the less "
         f"trained one; {long.name} is the large model on the small one's schedule "
-        f"({long.max_num_epochs} epochs), trained for fewer members when the CPU budget ran out "
-        "(K in its row: seeds 0 and 2; a fresh run trains all K=4). Compare in-domain errors before reading size effects.",
+        f"({long.max_num_epochs} epochs). Compare in-domain errors before reading size effects.",
         "- Random split: PROBE's training and test cells are random halves of one pool, so it "
         "measures ranking on unseen structures of the same distribution. Shifted split: PROBE "
         f"never saw a cell above {data.SHIFT_EV_PER_ATOM} eV/atom excess. For MACE almost every "
